@@ -50,7 +50,7 @@ from tasks.scorers.ueval_rules import (
     rate,
     text_prompt,
 )
-from tasks.scorers.vqa import LazyVisionJudge, VisionRequest, vision_judge_all
+from tasks.judges.vision import LazyVisionJudge, VisionRequest, vision_judge_all
 
 HUB_ID = "zlab-princeton/UEval"
 SPLIT = "test"

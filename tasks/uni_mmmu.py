@@ -67,7 +67,7 @@ from PIL import Image
 from tasks.base import Output, Sample, Task
 from tasks.judges.parsing import ONE_RETRY
 from tasks.scorers import uni_mmmu_rules as rules
-from tasks.scorers.vqa import LazyVisionJudge, VisionRequest, vision_judge_all
+from tasks.judges.vision import LazyVisionJudge, VisionRequest, vision_judge_all
 from umm_harness.cache import umm_home
 from umm_harness.errors import ConfigError
 

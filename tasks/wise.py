@@ -15,7 +15,7 @@ Scoring (`tasks/scorers/wise_rules.py`): the judge sees the image, the prompt an
 explanation, and replies with Consistency, Realism and Aesthetic Quality (0–2 each);
 WiScore = (0.7·C + 0.2·R + 0.1·A) / 2. Judge: `judge=` (a vision judge, a `JudgeConfig` or its
 dict; else the UMM_JUDGE_* environment), any OpenAI-compatible VLM endpoint or a local
-transformers VLM (`tasks/scorers/vqa.py`). The paper's judge is GPT-4o-2024-05-13 and the
+transformers VLM (`tasks/judges/vision.py`). The paper's judge is GPT-4o-2024-05-13 and the
 reference system's Qwen2.5-VL-72B-Instruct: scores from different judges are comparable with
 each other, not with the paper. Temperature 0, up to 2000 reply tokens, as the official call.
 
@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 from tasks.base import Output, Sample, Task
 from tasks.benchmark_files import BenchmarkFile, fetch
 from tasks.judges.parsing import ONE_RETRY
-from tasks.scorers.vqa import LazyVisionJudge, VisionRequest, vision_judge_all
+from tasks.judges.vision import LazyVisionJudge, VisionRequest, vision_judge_all
 from tasks.scorers.wise_rules import (
     MAX_TOKENS,
     SCORE_KEYS,

@@ -19,18 +19,18 @@ from tasks.base import Output, Sample
 from tasks.benchmark_files import git_blob_sha1
 from tasks.dpg_bench import DPGBenchTask
 from tasks.geneval import GenEvalTask, fetch_object_names, load_metadata, tag_counts
-from tasks.scorers import uni_mmmu_rules as rules
-from tasks.scorers.geneval_detector import COLORS, GenEvalDetector
-from tasks.scorers.geneval_rules import Verdict
-from tasks.scorers.vqa import (
-    BlipVQA,
-    ChatVQA,
+from tasks.judges.tiny import build_tiny_vision_judge
+from tasks.judges.vision import (
     OpenAIVisionJudge,
     TransformersVisionJudge,
     VisionFixedReplyLength,
     VisionRequest,
     as_vision_judge,
 )
+from tasks.scorers import uni_mmmu_rules as rules
+from tasks.scorers.geneval_detector import COLORS, GenEvalDetector
+from tasks.scorers.geneval_rules import Verdict
+from tasks.scorers.vqa import BlipVQA, ChatVQA
 from tasks.scorers.wise_rules import SYSTEM as WISE_SYSTEM
 from tasks.ueval import UEvalTask
 from tasks.uni_mmmu import UniMMMUTask
@@ -44,7 +44,6 @@ from tests.tiny_scorers import (
     ScriptedVQA,
     build_tiny_blip,
     build_tiny_clip,
-    build_tiny_llava,
     build_tiny_mask2former,
     paint,
 )
@@ -254,21 +253,20 @@ def test_wise_task_judges_and_weights(tmp_path):
 
 
 def test_a_tiny_random_chat_vlm_as_dpg_vqa_and_wise_judge(tmp_path, monkeypatch):
-    model, processor = build_tiny_llava()
-    vlm = TransformersVisionJudge(model, processor=processor, name="tiny-llava", device="cpu")
+    vlm = TransformersVisionJudge(str(build_tiny_vision_judge(tmp_path / "tiny-llava")), device="cpu")
     data = _write_table(tmp_path / "dpg_bench.csv", ROWS)
     monkeypatch.setattr(dpg_module, "QUESTIONS", dpg_module.QUESTIONS.model_copy(update={"blob_sha1": git_blob_sha1(data)}))
     dpg = DPGBenchTask(tmp_path, vqa=ChatVQA(as_vision_judge(vlm, tmp_path / "cache")))
     sample = dpg.samples()[2]
     record = dpg.score(sample, outputs([solid("red", 40)] * 4))
-    assert dpg.scorer_id == "chat-vqa:transformers:tiny-llava;tiles=4" and len(record["answers"]) == 4
+    assert dpg.scorer_id == f"chat-vqa:{vlm.id};tiles=4" and "@local-" in vlm.id and len(record["answers"]) == 4
     # Random replies are not scores: each is retried once, then counted as a failure, never guessed.
     wise = WISETask(WISE, judge=VisionFixedReplyLength(vlm, 4), cache_dir=tmp_path / "cache")
     chosen = [s for s in wise.samples() if s.id in ("1", "701")]
     records = dict(zip(["1", "701"], wise.score_many([(s, outputs([solid("blue", 40)])) for s in chosen])))
     assert all(r["judge_failed"] and len(r["judge_replies"]) == 2 for r in records.values())
     assert wise.aggregate(chosen, records) == {"judge_failures": 2.0, "missing_images": 0.0}
-    assert records["1"]["judge"] == "transformers:tiny-llava#max_tokens=4"
+    assert records["1"]["judge"] == f"{vlm.id}#max_tokens=4"
 
 
 def test_judged_tasks_name_their_scorer_without_building_a_judge(tmp_path, monkeypatch):

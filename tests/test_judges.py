@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from tasks.judges import (
     Attempt,
@@ -34,8 +33,10 @@ from tasks.judges import (
 )
 from tasks.judges.extraction import extraction_prompt, parse_extraction
 from tasks.judges.openai_backend import OpenAIJudge, normalize_base_url
-from tasks.judges.tiny import build_tiny_judge
+from tasks.judges.tiny import build_tiny_judge, build_tiny_vision_judge
 from tasks.judges.transformers_backend import TransformersJudge
+from tasks.judges.vision import OpenAIVisionJudge, TransformersVisionJudge, VisionRequest, data_url
+from tests.serving import free_port, judge_server_process
 from umm_harness.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,12 +62,6 @@ class StandInJudge:
         return replies
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(autouse=True)
 def _no_judge_env(monkeypatch):
     for name in JUDGE_ENV:
@@ -83,45 +78,12 @@ def tiny_transformers_judge(tiny_judge_dir) -> TransformersJudge:
     return TransformersJudge(str(tiny_judge_dir))
 
 
-def start_judge_server(model_dir: Path, log_path: Path, api_key: str | None = None):
-    """`python -m tasks.judges.server` on a free port; returns (process, base URL) once it answers."""
-    port = free_port()
-    command = [sys.executable, "-m", "tasks.judges.server", "--model", str(model_dir), "--port", str(port),
-               "--served-model-name", "tiny-judge", "--threads", "1"]
-    env = {**os.environ, "UMM_JUDGE_SERVER_API_KEY": api_key or ""}
-    log = log_path.open("w")
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"judge server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/models", headers=headers, timeout=1).status_code == 200:
-                return process, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"judge server did not answer in 90 s:\n{log_path.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def judge_server(tiny_judge_dir, tmp_path_factory):
     """The tiny judge behind the local OpenAI-compatible server, requiring the test API key."""
-    process, url = start_judge_server(tiny_judge_dir, tmp_path_factory.mktemp("server") / "server.log", SECRET)
-    yield url
-    stop(process)
+    with judge_server_process(tiny_judge_dir, tmp_path_factory.mktemp("server") / "server.log",
+                              api_key=SECRET) as url:
+        yield url
 
 
 # --- config -------------------------------------------------------------------------------
@@ -360,3 +322,50 @@ def test_mathvista_end_to_end_through_the_served_judge(judge_server, monkeypatch
     assert metrics["judge_failures"] == sum(r["extracted_by"] == "judge_failed" for r in records.values())
     assert task.options.extractor == "judge[openai:tiny-judge]"
     assert SECRET not in json.dumps(records)
+
+
+# --- the local server with a vision model ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_vision_judge_dir(tmp_path_factory) -> Path:
+    return build_tiny_vision_judge(tmp_path_factory.mktemp("tiny") / "tiny-vlm")
+
+
+def test_the_local_server_shows_images_to_a_vision_model(tiny_vision_judge_dir, tmp_path):
+    red, blue = Image.new("RGB", (40, 40), (255, 0, 0)), Image.new("RGB", (40, 40), (0, 0, 255))
+    asked = [VisionRequest("Is the square red?", (red,), system="Answer yes or no."),
+             VisionRequest("Is the square red?", (blue,), system="Answer yes or no."),
+             VisionRequest("Which one is red?", (red, blue)), VisionRequest("No image here.")]
+    local = TransformersVisionJudge(str(tiny_vision_judge_dir), device="cpu")
+    with judge_server_process(tiny_vision_judge_dir, tmp_path / "server.log", name="tiny-vlm") as url:
+        served = OpenAIVisionJudge(base_url=url)  # the model comes from /v1/models
+        assert served.id == "openai:tiny-vlm"
+        assert served.chat(asked, 6) == local.chat(asked, 6)  # same model, greedy: the images reached it
+        assert local.chat(asked[:1], 6) != local.chat(asked[1:2], 6)
+
+        def post(content: list[dict]) -> requests.Response:
+            return requests.post(f"{url}/chat/completions", timeout=30, json={
+                "model": "tiny-vlm", "max_tokens": 2, "messages": [{"role": "user", "content": content}]})
+
+        text = {"type": "text", "text": "What is this?"}
+        refused = {
+            "remote URL": {"type": "image_url", "image_url": {"url": "http://127.0.0.1:1/cat.png"}},
+            "corrupt base64": {"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}},
+            "not an image": {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}},
+            "unknown part": {"type": "input_audio", "input_audio": {}},
+        }
+        for why, part in refused.items():
+            answer = post([text, part])
+            assert answer.status_code == 400, why
+            assert answer.json()["error"]["message"].startswith("messages[0].content[1]: "), why
+        assert post([text]).status_code == 200  # and it still serves
+
+
+def test_a_text_model_server_refuses_image_parts(judge_server):
+    image = {"type": "image_url", "image_url": {"url": data_url(Image.new("RGB", (8, 8)))}}
+    answer = requests.post(f"{judge_server}/chat/completions", timeout=30,
+                           headers={"Authorization": f"Bearer {SECRET}"},
+                           json={"model": "tiny-judge", "max_tokens": 2, "messages": [
+                               {"role": "user", "content": [{"type": "text", "text": "hi"}, image]}]})
+    assert answer.status_code == 400 and "text-only" in answer.json()["error"]["message"]

@@ -1,10 +1,10 @@
 """Scorer models for the generation benchmarks' tests: tiny random models of the real classes, and
 stand-ins (named so) whose outputs are scripted, so scores can be worked out by hand.
 
-- `build_tiny_mask2former`, `build_tiny_clip`, `build_tiny_blip`, `build_tiny_llava`: real
-  `Mask2FormerForUniversalSegmentation`, `CLIPModel`, `BlipForQuestionAnswering` and
-  `LlavaForConditionalGeneration` (a chat VLM) from small configs with random weights (plumbing
-  only; their answers mean nothing).
+- `build_tiny_mask2former`, `build_tiny_clip`, `build_tiny_blip`: real
+  `Mask2FormerForUniversalSegmentation`, `CLIPModel` and `BlipForQuestionAnswering` from small
+  configs with random weights (plumbing only; their answers mean nothing). The tiny chat VLM is
+  `tasks.judges.tiny.build_tiny_vision_judge`.
 - `SceneSegmenterStandIn`: returns Mask2Former-shaped logits for a hand-made scene (each object a
   COCO class index, a class probability and a union of cells of the 1/4-resolution mask grid),
   so the real post-processing (upsampling, top-k, mask score, boxes) produces known detections.
@@ -88,38 +88,6 @@ def build_tiny_blip(seed: int = 0) -> tuple[Any, Any]:
     processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
                               tokenizer=tokenizer)
     return BlipForQuestionAnswering(config).eval(), processor
-
-
-def build_tiny_llava(seed: int = 0) -> tuple[Any, Any]:
-    """A tiny `LlavaForConditionalGeneration` (CLIP vision + Llama text) and its `LlavaProcessor` with a
-    chat template: a chat VLM that `TransformersVisionJudge` drives like a hub VLM judge."""
-    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-
-    from model_flavors.tiny_tokenizer import train_tiny_tokenizer
-
-    tokenizer = train_tiny_tokenizer({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": "<s>"},
-                                     extra_special_tokens={"image_token": "<image>"}, additional_tokens=["<|im_start|>"])
-    template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
-        "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}"
-        "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    processor = LlavaProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32},
-                                                                      crop_size={"height": 32, "width": 32}),
-                               tokenizer=tokenizer, chat_template=template, patch_size=8,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
-    config = LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", image_size=32, patch_size=8, hidden_size=32,
-                           intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
-        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=8192, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(seed)
-    return LlavaForConditionalGeneration(config).eval(), processor
 
 
 class _EosAppender:

@@ -1,10 +1,13 @@
-"""A local OpenAI-compatible endpoint for a transformers causal LM (the `openai` backend's test double).
+"""A local OpenAI-compatible endpoint for a transformers judge: a causal LM or a chat VLM.
 
     python -m tasks.judges.server --model <folder or hub id> --port 8000 [--api-key KEY]
 
-serves `GET /v1/models` and `POST /v1/chat/completions` (text messages, n = 1, no streaming)
-on 127.0.0.1 only; the model is loaded before the port opens, so an answering `/v1/models`
-means ready. For real judges use `vllm serve`, which batches and shards; this server takes one
+serves `GET /v1/models` and `POST /v1/chat/completions` (n = 1, no streaming) on 127.0.0.1
+only; the model is loaded before the port opens, so an answering `/v1/models` means ready. A
+model whose config has a vision tower (LLaVA, Qwen2.5-VL, ...) is loaded as
+`AutoModelForImageTextToText` and accepts `image_url` parts holding base64 `data:` URLs, as
+`vllm serve` does for the vision judges; the server never fetches a URL. A text model refuses
+image parts. For real judges use `vllm serve`, which batches and shards; this server takes one
 request at a time. With an API key (`--api-key` or UMM_JUDGE_SERVER_API_KEY), requests must
 carry `Authorization: Bearer <key>`. Defaults follow the OpenAI API: temperature 1.0 unless the
 request says otherwise.
@@ -13,7 +16,10 @@ request says otherwise.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import hmac
+import io
 import os
 import threading
 import time
@@ -50,21 +56,62 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": status}})
 
 
-def _text(message: Message) -> str | None:
-    """A message's text; None when it holds something other than text parts."""
+class BadMessage(ValueError):
+    """A message this server cannot show its model; the text says which message and part."""
+
+
+def _text(index: int, message: Message) -> str:
+    """A message's text, for a text-only model."""
     if message.content is None or isinstance(message.content, str):
         return message.content or ""
     parts = []
-    for part in message.content:
+    for k, part in enumerate(message.content):
         if part.get("type") != "text":
-            return None
+            raise BadMessage(f"messages[{index}].content[{k}]: this server's model is text-only; "
+                             f"send text parts only (got type {part.get('type')!r})")
         parts.append(str(part.get("text", "")))
     return "".join(parts)
 
 
+def _image(url: str, where: str) -> Any:
+    from PIL import Image
+
+    header, _, payload = url.partition(",")
+    if not (header.startswith("data:image/") and header.endswith(";base64")):
+        raise BadMessage(f"{where}: image_url must be a base64 data URL (data:image/png;base64,...); "
+                         "this server fetches nothing")
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
+        image.load()
+    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as exc:
+        raise BadMessage(f"{where}: not a readable image ({type(exc).__name__})") from None
+    return image.convert("RGB")
+
+
+def _parts(index: int, message: Message) -> list[dict[str, Any]]:
+    """A message's content as text and PIL-image parts, for a vision model's chat template."""
+    if message.content is None or isinstance(message.content, str):
+        return [{"type": "text", "text": message.content or ""}]
+    parts: list[dict[str, Any]] = []
+    for k, part in enumerate(message.content):
+        where = f"messages[{index}].content[{k}]"
+        if part.get("type") == "text":
+            parts.append({"type": "text", "text": str(part.get("text", ""))})
+        elif part.get("type") == "image_url":
+            image_url = part.get("image_url")
+            url = image_url.get("url") if isinstance(image_url, dict) else image_url
+            if not isinstance(url, str):
+                raise BadMessage(f"{where}: image_url needs a url")
+            parts.append({"type": "image", "image": _image(url, where)})
+        else:
+            raise BadMessage(f"{where}: unsupported part type {part.get('type')!r} (text or image_url)")
+    return parts
+
+
 def create_app(judge: Any, served_model_name: str, api_key: str | None = None,
-               default_max_tokens: int = 256) -> FastAPI:
-    """The app around a loaded `TransformersJudge` (anything with its `chat_with_usage`)."""
+               default_max_tokens: int = 256, vision: bool = False) -> FastAPI:
+    """The app around a loaded `TransformersJudge` or, with `vision`, a `TransformersVisionJudge`
+    (anything with their `chat_with_usage`)."""
     app = FastAPI(title="umm-harness judge server", docs_url=None, redoc_url=None)
     lock = threading.Lock()
     created = int(time.time())
@@ -89,12 +136,11 @@ def create_app(judge: Any, served_model_name: str, api_key: str | None = None,
                           "not_found_error")
         if body.stream or body.n != 1:
             return _error(400, "this server answers with one choice and does not stream (n=1, stream=false)")
-        conversation = []
-        for message in body.messages:
-            text = _text(message)
-            if text is None:
-                return _error(400, "only text message parts are supported")
-            conversation.append({"role": message.role, "content": text})
+        try:
+            conversation = [{"role": message.role, "content": _parts(i, message) if vision else _text(i, message)}
+                            for i, message in enumerate(body.messages)]
+        except BadMessage as exc:
+            return _error(400, str(exc))
         max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
         with lock:
             [answer] = judge.chat_with_usage([conversation], max_tokens, body.temperature)
@@ -113,7 +159,7 @@ def create_app(judge: Any, served_model_name: str, api_key: str | None = None,
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tasks.judges.server", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="local folder or hub id of a causal LM")
+    parser.add_argument("--model", required=True, help="local folder or hub id of a causal LM or a chat VLM")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--revision", default=None)
     parser.add_argument("--served-model-name", default=None, help="the name clients use (default: --model)")
@@ -127,14 +173,21 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
     import uvicorn
-
-    from tasks.judges.transformers_backend import TransformersJudge
+    from transformers import AutoConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    judge = TransformersJudge(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
+    vision = hasattr(AutoConfig.from_pretrained(args.model, revision=args.revision), "vision_config")
+    if vision:
+        from tasks.judges.vision import TransformersVisionJudge
+
+        judge: Any = TransformersVisionJudge(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
+    else:
+        from tasks.judges.transformers_backend import TransformersJudge
+
+        judge = TransformersJudge(args.model, revision=args.revision, device=args.device, dtype=args.dtype)
     name = args.served_model_name or args.model
-    app = create_app(judge, name, api_key=args.api_key, default_max_tokens=args.max_tokens)
+    app = create_app(judge, name, api_key=args.api_key or None, default_max_tokens=args.max_tokens, vision=vision)
     print(f"serving {name} ({judge.id}) at http://{HOST}:{args.port}/v1", flush=True)
     uvicorn.run(app, host=HOST, port=args.port, log_level="warning")
 
