@@ -49,6 +49,7 @@ from transformers import (
 )
 
 from model_flavors.tiny_tokenizer import train_tiny_tokenizer
+from umm_harness.acceleration import compile_forward, select_attn_implementation
 from umm_harness.backbone import Backbone, ModelInfo, require_safetensors
 from umm_harness.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
@@ -137,6 +138,7 @@ class Emu3(Backbone):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation"})
     hub_ids: ClassVar[tuple[str, ...]] = tuple(HUB_PAIRS)
     notes: ClassVar[str] = "Chat checkpoint understands, Gen checkpoint generates; either hub id loads the pair"
+    tunable_attention: ClassVar[bool] = True
 
     def __init__(self, roles: dict[str, _RoleSource], info: ModelInfo, device: str = "cpu",
                  image_size: int = CARD_IMAGE_SIZE, max_new_tokens: int = CARD_MAX_NEW_TOKENS,
@@ -152,10 +154,20 @@ class Emu3(Backbone):
     # -- loading -------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, source: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu") -> Emu3:
+    def load(cls, source: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu",
+             attn_implementation: str = "auto", compile: bool = False) -> Emu3:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         require_safetensors(source)
+        backbone = cls._locate(source, revision, dtype, device)
+        # Chosen now (a bad choice fails before anything runs), applied as each role loads.
+        backbone.attn_implementation = select_attn_implementation(attn_implementation, device=device, dtype=dtype)
+        backbone.compiled = compile
+        return backbone
+
+    @classmethod
+    def _locate(cls, source: str, revision: str | None, dtype: str, device: str) -> Emu3:
+        """Where each role's weights are (nothing loads yet)."""
         info = ModelInfo(backbone=cls.key, source=source, revision=revision, dtype=dtype)
         folder = Path(source)
         if source in HUB_PAIRS:
@@ -185,9 +197,12 @@ class Emu3(Backbone):
                 self._loaded[role] = self._loaded[other]
                 return self._loaded[role]
         kwargs = {"revision": spec.revision, **({"subfolder": spec.subfolder} if spec.subfolder else {})}
+        attention = {"attn_implementation": self.attn_implementation} if self.attn_implementation else {}
         model = Emu3ForConditionalGeneration.from_pretrained(
-            spec.source, dtype=_DTYPES[self.info.dtype], use_safetensors=True, **kwargs
+            spec.source, dtype=_DTYPES[self.info.dtype], use_safetensors=True, **kwargs, **attention
         ).to(self.device).eval()
+        if self.compiled:
+            compile_forward(model.model.text_model, self.device)
         processor = Emu3Processor.from_pretrained(spec.source, **kwargs)
         processor.tokenizer.padding_side = "left"
         for other in self._loaded.values():

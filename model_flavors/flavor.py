@@ -173,18 +173,21 @@ def _flavor_conf(local_path: Path) -> dict[str, Any]:
     return model.flavors[FLAVOR_NAME]
 
 
-def load_local(local_path: Path, device: str = "cpu") -> Backbone:
+def load_local(local_path: Path, device: str = "cpu", attn_implementation: str = "auto",
+               compile: bool = False) -> Backbone:
     conf = _flavor_conf(local_path)
     cls = backbone_class(conf["backbone"])
     source = str(local_path / conf["weights"]) if conf.get("weights") else conf["source"]
     return cls.load(source, revision=None if conf.get("weights") else conf.get("revision"),
-                    dtype=conf.get("dtype", "float32"), device=device)
+                    dtype=conf.get("dtype", "float32"), device=device,
+                    **cls.acceleration_options(attn_implementation, compile))
 
 
-def load_model(model_uri: str, dst_path: str | None = None, device: str = "cpu") -> Backbone:
+def load_model(model_uri: str, dst_path: str | None = None, device: str = "cpu", attn_implementation: str = "auto",
+               compile: bool = False) -> Backbone:
     """The backbone adapter behind `model_uri` (runs:/, models:/, a local folder, ...)."""
     local_path = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst_path))
-    return load_local(local_path, device=device)
+    return load_local(local_path, device=device, attn_implementation=attn_implementation, compile=compile)
 
 
 def _invalid(message: str) -> MlflowException:

@@ -30,6 +30,7 @@ from transformers import (
 
 from model_flavors import janus_presets
 from model_flavors.tiny_tokenizer import train_tiny_tokenizer
+from umm_harness.acceleration import compile_forward, select_attn_implementation
 from umm_harness.backbone import Backbone, ModelInfo, require_safetensors
 from umm_harness.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
@@ -41,6 +42,7 @@ class JanusPro(Backbone):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation"})
     hub_ids: ClassVar[tuple[str, ...]] = tuple(janus_presets.hub_ids())
     notes: ClassVar[str] = "Janus 1.3B, Janus-Pro 1B and 7B (transformers-format checkpoints)"
+    tunable_attention: ClassVar[bool] = True
 
     def __init__(self, model: JanusForConditionalGeneration, processor: JanusProcessor, info: ModelInfo):
         self.model = model.eval()
@@ -49,16 +51,22 @@ class JanusPro(Backbone):
 
     @classmethod
     def load(cls, source: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu",
-             allow_pickle: bool = False) -> JanusPro:
+             allow_pickle: bool = False, attn_implementation: str = "auto", compile: bool = False) -> JanusPro:
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         require_safetensors(source, allow_pickle)
+        attention = select_attn_implementation(attn_implementation, device=device, dtype=dtype)
         model = JanusForConditionalGeneration.from_pretrained(
-            source, revision=revision, dtype=_DTYPES[dtype], use_safetensors=not allow_pickle
+            source, revision=revision, dtype=_DTYPES[dtype], use_safetensors=not allow_pickle,
+            attn_implementation=attention,
         ).to(device)
+        if compile:  # the language model runs every understanding and image-token step
+            compile_forward(model.model.language_model, device)
         # Without torchvision installed, transformers picks the PIL image processor by itself.
         processor = JanusProcessor.from_pretrained(source, revision=revision)
-        return cls(model, processor, ModelInfo(backbone=cls.key, source=source, revision=revision, dtype=dtype))
+        backbone = cls(model, processor, ModelInfo(backbone=cls.key, source=source, revision=revision, dtype=dtype))
+        backbone.attn_implementation, backbone.compiled = attention, compile
+        return backbone
 
     def save_pretrained(self, path: Path) -> None:
         self.model.save_pretrained(path)

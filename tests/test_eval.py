@@ -37,6 +37,7 @@ def test_eval_logs_a_parent_run_per_model_and_suite_and_a_child_per_benchmark(wo
     assert parent.data.tags["umm.model_uri"] == "models:/janus-pro-tiny/1"
     assert parent.data.tags["umm.suite"] == "shapes" and parent.data.tags["umm.seed"] == "3"
     assert {"umm.backbone", "umm.model_version", "umm.git_commit", "umm.stage"} <= parent.data.tags.keys()
+    assert parent.data.tags["umm.attn_implementation"] == "sdpa"  # auto, on a CPU
     assert parent.data.params["recipe.model"] == "tiny:janus-pro"
     assert parent.data.params["recipe.limit"] == str(LIMIT)
 

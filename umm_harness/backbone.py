@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel
 
+from umm_harness.acceleration import ATTN_IMPLEMENTATIONS
 from umm_harness.errors import ConfigError
 from umm_harness.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
@@ -57,13 +58,29 @@ class Backbone(ABC):
     hub_ids: ClassVar[tuple[str, ...]] = ()
     notes: ClassVar[str] = ""
     pip_requirements: ClassVar[tuple[str, ...]] = ()  # beyond the flavor's base requirements
+    # True when `load()` takes `attn_implementation` and `compile` (umm_harness.acceleration).
+    tunable_attention: ClassVar[bool] = False
 
     info: ModelInfo
+    attn_implementation: str | None = None  # the kernel this instance runs (None: not ours to choose)
+    compiled: bool = False  # language model forward under torch.compile
 
     @classmethod
     def describe(cls) -> dict[str, object]:
         return {"key": cls.key, "capabilities": sorted(cls.capabilities), "route": cls.route,
-                "requires": list(cls.requires), "hub_ids": list(cls.hub_ids), "notes": cls.notes}
+                "requires": list(cls.requires), "hub_ids": list(cls.hub_ids), "notes": cls.notes,
+                "attn_implementations": list(ATTN_IMPLEMENTATIONS) if cls.tunable_attention else []}
+
+    @classmethod
+    def acceleration_options(cls, attn_implementation: str = "auto", compile: bool = False) -> dict[str, object]:
+        """The `load()` keywords for these choices; asking a backbone for one it cannot make is an error,
+        so a recipe never silently runs without the kernel it names."""
+        if cls.tunable_attention:
+            return {"attn_implementation": attn_implementation, "compile": compile}
+        if attn_implementation != "auto" or compile:
+            raise ConfigError(f"backbone '{cls.key}' ({cls.route}) has no attn_implementation or compile choice; "
+                              "leave them at auto / off")
+        return {}
 
     @classmethod
     @abstractmethod

@@ -66,6 +66,9 @@ def _params(values: dict[str, Any]) -> dict[str, Any]:
 @click.option("--data-dir", help="Offline copy of the benchmark data.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]))
 @click.option("--device")
+@click.option("--attn-implementation", type=click.Choice(["auto", "flash_attention_2", "sdpa", "eager"]),
+              help="Attention kernel (transformers backbones); auto: flash_attention_2 where it runs, else sdpa.")
+@click.option("--compile/--no-compile", default=None, help="torch.compile the language model's forward.")
 @click.option("--threads", type=int, help="torch CPU threads.")
 @click.option("--experiment", help="MLflow experiment (ignored under `mlflow run`).")
 @click.option("--register-as", help="Registered model name for a model that is not registered yet.")

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.judges.base import JudgeConfig
+from umm_harness.acceleration import AttnImplementation
 from umm_harness.errors import ConfigError
 from umm_harness.requests import InferenceParams
 
@@ -47,6 +48,9 @@ class EvalRecipe(BaseModel):
     data_dir: Path | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
+    # Attention kernel of transformers-based backbones; auto: flash_attention_2 where it runs, else sdpa.
+    attn_implementation: AttnImplementation = "auto"
+    compile: bool = False  # torch.compile the language model's forward (pays a compile on first use)
     threads: int | None = Field(default=None, ge=1)
     experiment: str = "umm-eval"
     register_as: str | None = None  # registered model name for a model that is not registered yet
@@ -55,6 +59,23 @@ class EvalRecipe(BaseModel):
     params: InferenceParams = Field(default_factory=InferenceParams)  # overrides for every request
     judge: JudgeConfig | None = None  # for judged benchmarks (mm_vet, mathvista); None: UMM_JUDGE_* env
     task_options: dict[str, dict[str, Any]] = Field(default_factory=dict)  # benchmark → constructor options
+
+    @model_validator(mode="before")
+    @classmethod
+    def _acceleration_from_backbone_options(cls, values: Any) -> Any:
+        """`backbone_options: {attn_implementation: ..., compile: ...}` is the same choice as the
+        top-level fields: move it there (naming it twice, differently, is an error)."""
+        if not isinstance(values, dict) or not isinstance(values.get("backbone_options"), dict):
+            return values
+        values, options = dict(values), dict(values["backbone_options"])
+        for name in ("attn_implementation", "compile"):
+            if name in options:
+                value = options.pop(name)
+                if values.get(name, value) != value:
+                    raise ValueError(f"{name} is set to {values[name]!r} and in backbone_options to {value!r}")
+                values[name] = value
+        values["backbone_options"] = options
+        return values
 
     @field_validator("model", "suite")
     @classmethod

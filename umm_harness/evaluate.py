@@ -66,7 +66,8 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
     if recipe.stage == "score":
         return _score_logged_outputs(recipe, tasks, samples) if ranks.is_main else None
     model = resolve_model(recipe.model, backbone=recipe.backbone, revision=recipe.revision, dtype=recipe.dtype,
-                          device=recipe.device, register_as=recipe.register_as, options=recipe.backbone_options)
+                          device=recipe.device, register_as=recipe.register_as, options=recipe.backbone_options,
+                          attn_implementation=recipe.attn_implementation, compile=recipe.compile)
     if not ranks.is_main:
         for task in tasks:
             _run_task(task, model, recipe, ranks, samples[task.name])
@@ -79,6 +80,7 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
         "umm.stage": recipe.stage,
         "umm.ranks": str(ranks.world_size),
         "umm.capabilities": ",".join(sorted(model.backbone.capabilities)),
+        **({"umm.attn_implementation": model.backbone.attn_implementation} if model.backbone.attn_implementation else {}),
         "umm.git_commit": git_commit(),
         "umm.harness_version": umm_harness.__version__,
     }

@@ -54,20 +54,20 @@ def resolve_registered(reference: str) -> tuple[str, str, dict[str, str]]:
     return name, str(mv.version), dict(mv.tags)
 
 
-def _registered(reference: str, device: str) -> ResolvedModel:
+def _registered(reference: str, device: str, acceleration: dict[str, Any]) -> ResolvedModel:
     name, version, tags = resolve_registered(reference)
-    backbone = flavor.load_model(f"models:/{name}/{version}", device=device)
+    backbone = flavor.load_model(f"models:/{name}/{version}", device=device, **acceleration)
     digest = tags.get("umm.weights_digest") or backbone.info.source
     return ResolvedModel(backbone, reference, digest, True, name, version)
 
 
-def _tiny(name: str, device: str) -> ResolvedModel:
+def _tiny(name: str, dtype: str, device: str, acceleration: dict[str, Any]) -> ResolvedModel:
     folder = umm_home() / "tiny" / name
     if not any((folder / marker).is_file() for marker in ("config.json", *MARKER_FILES)):
         log.info("building the tiny '%s' model at %s (first use)", name, folder)
         tiny_builder(name)(folder, seed=0)
     cls = backbone_class(infer_backbone(str(folder)))
-    backbone = cls.load(str(folder), device=device)
+    backbone = cls.load(str(folder), dtype=dtype, device=device, **cls.acceleration_options(**acceleration))
     return ResolvedModel(backbone, f"tiny:{name}", flavor.folder_digest(folder), True, f"{name}-tiny")
 
 
@@ -80,35 +80,42 @@ def resolve_model(
     device: str = "cpu",
     register_as: str | None = None,
     options: dict[str, Any] | None = None,
+    attn_implementation: str = "auto",
+    compile: bool = False,
 ) -> ResolvedModel:
     """Load the model behind `reference`; bad references raise `ConfigError` before loading.
 
-    `options` go to the adapter's `load` (e.g. BAGEL's `repo_path`) for checkpoints it loads itself.
+    `options` go to the adapter's `load` (e.g. BAGEL's `repo_path`) for checkpoints it loads itself;
+    `attn_implementation` and `compile` to every transformers-based adapter (`umm_harness.acceleration`).
     """
     options = options or {}
+    acceleration = {"attn_implementation": attn_implementation, "compile": compile}
     if reference.startswith("models:/"):
-        resolved = _registered(reference, device)
+        resolved = _registered(reference, device, acceleration)
     elif reference.startswith("tiny:"):
-        resolved = _tiny(reference.removeprefix("tiny:"), device)
+        resolved = _tiny(reference.removeprefix("tiny:"), dtype, device, acceleration)
     elif Path(reference).expanduser().exists():
         folder = Path(reference).expanduser().resolve()
         if (folder / "MLmodel").is_file():
-            loaded = flavor.load_local(folder, device=device)
+            loaded = flavor.load_local(folder, device=device, **acceleration)
             digest = flavor.folder_digest(folder / "weights") if (folder / "weights").is_dir() else folder.name
             resolved = ResolvedModel(loaded, reference, digest, True, folder.name.lower())
         else:
             cls = backbone_class(backbone or infer_backbone(str(folder)))
-            loaded = cls.load(str(folder), dtype=dtype, device=device, **options)
+            loaded = cls.load(str(folder), dtype=dtype, device=device, **options,
+                              **cls.acceleration_options(**acceleration))
             resolved = ResolvedModel(loaded, reference, flavor.folder_digest(folder), True, folder.name.lower())
     elif reference.startswith(("http://", "https://")):  # a model behind an engine (e.g. vllm-omni)
         if not backbone:
             raise ConfigError(f"model '{reference}' is a server: pass --backbone (e.g. bagel)")
-        loaded = backbone_class(backbone).load(reference, dtype=dtype, device=device, **options)
+        cls = backbone_class(backbone)
+        loaded = cls.load(reference, dtype=dtype, device=device, **options, **cls.acceleration_options(**acceleration))
         resolved = ResolvedModel(loaded, reference, flavor.reference_digest(reference, None), False,
                                  re.sub(r"[^a-z0-9-]+", "-", reference.split("://", 1)[1].lower()).strip("-"))
     elif _HUB_ID.match(reference) and not reference.startswith((".", "~")):
         cls = backbone_class(backbone or infer_backbone(reference))
-        loaded = cls.load(reference, revision=revision, dtype=dtype, device=device, **options)
+        loaded = cls.load(reference, revision=revision, dtype=dtype, device=device, **options,
+                          **cls.acceleration_options(**acceleration))
         digest = flavor.reference_digest(reference, revision)
         resolved = ResolvedModel(loaded, reference, digest, False, reference.split("/")[-1].lower())
     else:
