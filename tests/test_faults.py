@@ -210,6 +210,8 @@ def test_a_torn_last_cache_line_is_ignored_and_recomputed(workspace):
     again = evaluate(EvalRecipe(limit=4, batch_size=1, threads=1))
     assert again.results["shapes"].computed == 1 and again.results["shapes"].reused == len(lines) - 1
     assert official(again.metrics) == official(first.metrics)
+    # The recomputed line went on a line of its own, not onto the torn one: nothing is lost again.
+    assert evaluate(EvalRecipe(limit=4, batch_size=1, threads=1)).results["shapes"].computed == 0
 
 
 # -- the tracking server going away under a running evaluation --------------------------------

@@ -58,6 +58,7 @@ class ResultCache:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = folder / ("outputs.jsonl" if rank == 0 else f"outputs-rank{rank}.jsonl")
         self._entries: dict[tuple[str, int], CachedOutput] = {}
+        self._torn_tail = False  # our own log ends in a torn line: the next append starts a new line
         self._load()
 
     @staticmethod
@@ -68,6 +69,8 @@ class ResultCache:
         for log_path in sorted(self.folder.glob("outputs*.jsonl")):
             with log_path.open(encoding="utf-8") as handle:
                 for line_number, line in enumerate(handle, 1):
+                    if log_path == self.log_path:
+                        self._torn_tail = not line.endswith("\n")
                     try:
                         entry = CachedOutput.model_validate_json(line)
                     except ValueError:
@@ -96,9 +99,10 @@ class ResultCache:
         for save in saves:
             save.result()
         with self.log_path.open("a", encoding="utf-8") as handle:
-            handle.write("".join(entry.model_dump_json() + "\n" for entry in entries))
+            handle.write("\n" * self._torn_tail + "".join(entry.model_dump_json() + "\n" for entry in entries))
             handle.flush()
             os.fsync(handle.fileno())
+        self._torn_tail = False
         for entry in entries:
             self._entries[(entry.sample_id, entry.k)] = entry
 
