@@ -33,17 +33,21 @@ class Sample(BaseModel):
     error: str | None = None
     references: dict[str, Any] = Field(default_factory=dict)
     n: int = Field(default=1, ge=1)  # outputs per sample, each with its own seed (GenEval: 4)
+    # Samples of one benchmark item (UEval's text and image halves) share a group: `--limit`
+    # counts groups, so a limited run never keeps half of an item.
+    group: str | None = None
 
     @classmethod
     def build(cls, *, id: str, category: str, references: dict[str, Any] | None = None, n: int = 1,
-              **request: Any) -> Sample:
+              group: str | None = None, **request: Any) -> Sample:
         """A sample whose request is validated here; a bad input becomes a failed sample."""
+        common = dict(id=id, category=category, references=references or {}, n=n, group=group)
         try:
             req = InferenceRequest(**request)
         except ValidationError as exc:
             reasons = "; ".join(err["msg"].removeprefix("Value error, ") for err in exc.errors())
-            return cls(id=id, category=category, references=references or {}, n=n, error=reasons)
-        return cls(id=id, category=category, references=references or {}, n=n, request=req)
+            return cls(**common, error=reasons)
+        return cls(**common, request=req)
 
 
 class Output(BaseModel):

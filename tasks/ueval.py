@@ -95,9 +95,9 @@ class UEvalTask(Task):
             }
             category = refs["task_type"]
             samples.append(Sample.build(id=f"{item}/{TEXT}", category=category, references={**refs, "part": TEXT},
-                                        task="understanding", prompt=refs["question"]))
+                                        group=item, task="understanding", prompt=refs["question"]))
             samples.append(Sample.build(id=f"{item}/{IMAGE}", category=category, references={**refs, "part": IMAGE},
-                                        task="generation", prompt=refs["question"]))
+                                        group=item, task="generation", prompt=refs["question"]))
         return samples
 
     def score(self, sample: Sample, outputs: list[Output]) -> dict[str, Any]:

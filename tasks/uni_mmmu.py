@@ -232,9 +232,9 @@ def _case(task: str, case: str, refs: dict[str, Any], text_prompt: str, images: 
     kind = image_kind or ("editing" if images else "generation")
     return [
         Sample.build(id=f"{task}/{case}/text", category=task, references={**refs, "part": "text"},
-                     task="understanding", prompt=text_prompt, images=images),
+                     group=f"{task}/{case}", task="understanding", prompt=text_prompt, images=images),
         Sample.build(id=f"{task}/{case}/image", category=task, references={**refs, "part": "image"},
-                     task=kind, prompt=image_prompt or text_prompt, images=images if kind == "editing" else [],
+                     group=f"{task}/{case}", task=kind, prompt=image_prompt or text_prompt, images=images if kind == "editing" else [],
                      metadata=metadata or {}),
     ]
 

@@ -48,6 +48,7 @@ from tests.tiny_scorers import (
     paint,
 )
 from umm_harness.errors import ConfigError
+from umm_harness.runner import limit_samples
 
 GENEVAL = SHARED_DATA / "geneval"
 DPG = SHARED_DATA / "dpg_bench"
@@ -381,6 +382,14 @@ def test_ueval_task_pairs_text_and_image_and_aggregates(tmp_path):
     first = closed.samples()[:2]
     closed.score_many([(first[0], items[0][1]), (first[1], items[1][1])])
     assert "Text Answer" not in next(r for r in closed.judge.inner.requests if r.images).text
+
+
+def test_a_limit_counts_items_and_never_keeps_half_of_one(tmp_path):
+    write_ueval(tmp_path)
+    samples = UEvalTask(tmp_path, judge=None).samples()
+    kept = limit_samples(samples, 2)  # two questions, one per category first, each with both halves
+    assert [s.id for s in kept] == ["1/text", "1/image", "2/text", "2/image"]
+    assert limit_samples(samples, 3) == samples
 
 
 # --- Uni-MMMU ------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Scorer models for the generation benchmarks' tests: tiny random models of the real classes, and
 stand-ins (named so) whose outputs are scripted, so scores can be worked out by hand.
 
-- `build_tiny_mask2former`, `build_tiny_clip`, `build_tiny_blip`: real
+- `build_tiny_mask2former`, `build_tiny_clip`, `build_tiny_blip` (`save_tiny_scorers` writes them as
+  hub folders): real
   `Mask2FormerForUniversalSegmentation`, `CLIPModel` and `BlipForQuestionAnswering` from small
   configs with random weights (plumbing only; their answers mean nothing). The tiny chat VLM is
   `tasks.judges.tiny.build_tiny_vision_judge`.
@@ -18,6 +19,7 @@ stand-ins (named so) whose outputs are scripted, so scores can be worked out by 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -88,6 +90,26 @@ def build_tiny_blip(seed: int = 0) -> tuple[Any, Any]:
     processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}),
                               tokenizer=tokenizer)
     return BlipForQuestionAnswering(config).eval(), processor
+
+
+def save_tiny_scorers(folder: Path) -> dict[str, Path]:
+    """The tiny Mask2Former, CLIP and BLIP VQA written as hub folders (weights, config, tokenizer,
+    processor), so tasks load them by path exactly as they load hub ids: {"mask2former", "clip", "blip"}."""
+    from tokenizers import processors
+
+    folders = {name: folder / name for name in ("mask2former", "clip", "blip")}
+    build_tiny_mask2former().save_pretrained(folders["mask2former"])
+    clip, framed = build_tiny_clip()
+    tokenizer = framed.inner  # saved with CLIP's framing built in: <bos> text <eos>
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, tokenizer.bos_token_id), (eos, tokenizer.eos_token_id)])
+    clip.save_pretrained(folders["clip"])
+    tokenizer.save_pretrained(folders["clip"])
+    blip, processor = build_tiny_blip()
+    blip.save_pretrained(folders["blip"])
+    processor.save_pretrained(folders["blip"])
+    return folders
 
 
 class _EosAppender:

@@ -49,17 +49,22 @@ class BenchmarkResult:
 
 
 def limit_samples(samples: list[Sample], limit: int | None) -> list[Sample]:
-    """The first `limit` samples taken round-robin over categories, so a quick look covers them all."""
-    if not limit or limit >= len(samples):
-        return samples
-    by_category: dict[str, list[Sample]] = {}
+    """The first `limit` items taken round-robin over categories, so a quick look covers them all.
+
+    An item is a sample, or the samples sharing a `group` (both halves of a UEval question)."""
+    groups: dict[str, list[Sample]] = {}
     for sample in samples:
-        by_category.setdefault(sample.category, []).append(sample)
-    picked: list[Sample] = []
-    for rank in range(max(len(group) for group in by_category.values())):
-        picked += [group[rank] for group in by_category.values() if rank < len(group)]
-    chosen = {sample.id for sample in picked[:limit]}
-    return [sample for sample in samples if sample.id in chosen]
+        groups.setdefault(sample.group or sample.id, []).append(sample)
+    if not limit or limit >= len(groups):
+        return samples
+    by_category: dict[str, list[str]] = {}
+    for key, members in groups.items():
+        by_category.setdefault(members[0].category, []).append(key)
+    picked: list[str] = []
+    for rank in range(max(len(keys) for keys in by_category.values())):
+        picked += [keys[rank] for keys in by_category.values() if rank < len(keys)]
+    chosen = set(picked[:limit])
+    return [sample for sample in samples if (sample.group or sample.id) in chosen]
 
 
 def request_for(sample: Sample, k: int, run_seed: int, overrides: InferenceParams) -> InferenceRequest:
