@@ -231,6 +231,75 @@ def test_two_data_parallel_ranks_give_exactly_the_one_rank_run(workspace, tmp_pa
     assert child.data.metrics["shapes/outputs_computed"] == len(keys)
 
 
+def _rank_process(launcher: subprocess.Popen, rank: int, deadline: float):
+    """The worker process torchrun started for `rank` (found by its RANK variable)."""
+    import psutil
+
+    while time.monotonic() < deadline:
+        for child in psutil.Process(launcher.pid).children(recursive=True):
+            try:
+                if child.environ().get("RANK") == str(rank) and "umm_harness" in " ".join(child.cmdline()):
+                    return child
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+    raise AssertionError(f"rank {rank} never started")
+
+
+def _line_count(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+@pytest.mark.slow
+def test_a_killed_rank_resumes_without_recomputing_and_matches_the_one_rank_run(workspace, tmp_path_factory,
+                                                                                 monkeypatch):
+    one_rank = evaluate(EvalRecipe(limit=LIMIT, batch_size=2))
+    total = one_rank.results["shapes"].computed
+    monkeypatch.setenv("UMM_HOME", str(tmp_path_factory.mktemp("killed_rank_home")))
+    (Path(os.environ["UMM_HOME"]) / "tiny").symlink_to(workspace / "umm_home" / "tiny")
+    args = [sys.executable, "-m", "umm_harness", "eval", "--limit", str(LIMIT), "--batch-size", "2", "--nproc", "2",
+            "--threads", "1"]
+
+    # SIGKILL rank 1 from outside once its own cache log holds a few outputs.
+    launcher = subprocess.Popen(args, cwd=workspace, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    rank1 = _rank_process(launcher, 1, deadline)
+    while time.monotonic() < deadline and not list((umm_home() / "cache").glob("*/outputs-rank1.jsonl")):
+        time.sleep(0.02)
+    (rank1_log,) = (umm_home() / "cache").glob("*/outputs-rank1.jsonl")
+    while time.monotonic() < deadline and _line_count(rank1_log) < 4:
+        time.sleep(0.02)
+    rank1.send_signal(signal.SIGKILL)
+    assert launcher.wait(timeout=120) != 0  # torchrun stops rank 0 too and reports the failure
+    before = {log.name: log.read_text().splitlines() for log in rank1_log.parent.glob("outputs*.jsonl")}
+    done_before = sum(len(lines) for lines in before.values())
+    assert 4 <= len(before["outputs-rank1.jsonl"]) < total // 2, "the kill should land mid-generation"
+
+    done = subprocess.run(args, cwd=workspace, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = {log.name: log.read_text().splitlines() for log in rank1_log.parent.glob("outputs*.jsonl")}
+    assert sorted(after) == ["outputs-rank1.jsonl", "outputs.jsonl"]
+    for name, lines in before.items():
+        assert after[name][: len(lines)] == lines, f"{name}: finished outputs were rewritten"
+    keys = [(json.loads(line)["sample_id"], json.loads(line)["k"]) for lines in after.values() for line in lines]
+    assert len(keys) == len(set(keys)) == total  # nothing computed twice, nothing missing
+
+    client = MlflowClient()
+    (child,) = client.search_runs([client.get_experiment_by_name("umm-eval").experiment_id],
+                                  "tags.`umm.ranks` = '2' and tags.`umm.benchmark` = 'shapes' "
+                                  "and attributes.status = 'FINISHED'")
+    assert child.data.metrics["shapes/outputs_computed"] == total - done_before
+    assert child.data.metrics["shapes/outputs_reused"] == done_before
+    assert official(child.data.metrics) == official(one_rank.metrics)
+    (one_rank_child,) = _child_runs(one_rank.run_id)
+    assert _sample_rows(child.info.run_id) == _sample_rows(one_rank_child.info.run_id)
+
+
+def _sample_rows(run_id: str) -> list[dict]:
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="samples/shapes.jsonl")
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
 class OutOfMemoryAboveFour:
     """A simulated accelerator: the real tiny Janus-Pro, but batches over 4 raise CUDA's OOM error."""
 
