@@ -25,7 +25,7 @@ from tasks import dpg_bench as dpg_module
 from tasks.benchmark_files import git_blob_sha1
 from tasks.judges.tiny import build_tiny_vision_judge
 from tests.conftest import SHARED_DATA
-from tests.serving import judge_server_process
+from tasks.judges.server import running
 from tests.test_generation_scoring import ROWS
 from tests.test_generation_tasks import _uni_data, _write_table, write_ueval
 from tests.tiny_scorers import save_tiny_scorers
@@ -46,7 +46,7 @@ def scorers(tmp_path_factory) -> dict[str, Path]:
 def judge_url(tmp_path_factory):
     """The tiny chat VLM served by the local OpenAI-compatible judge server, for the whole module."""
     folder = tmp_path_factory.mktemp("judge")
-    with judge_server_process(build_tiny_vision_judge(folder / "vlm"), folder / "server.log", name=JUDGE_NAME) as url:
+    with running(build_tiny_vision_judge(folder / "vlm"), folder / "server.log", name=JUDGE_NAME) as url:
         yield url
 
 

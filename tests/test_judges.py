@@ -36,7 +36,7 @@ from tasks.judges.openai_backend import OpenAIJudge, normalize_base_url
 from tasks.judges.tiny import build_tiny_judge, build_tiny_vision_judge
 from tasks.judges.transformers_backend import TransformersJudge
 from tasks.judges.vision import OpenAIVisionJudge, TransformersVisionJudge, VisionRequest, data_url
-from tests.serving import free_port, judge_server_process
+from tasks.judges.server import free_port, running
 from umm_harness.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,8 +81,8 @@ def tiny_transformers_judge(tiny_judge_dir) -> TransformersJudge:
 @pytest.fixture(scope="module")
 def judge_server(tiny_judge_dir, tmp_path_factory):
     """The tiny judge behind the local OpenAI-compatible server, requiring the test API key."""
-    with judge_server_process(tiny_judge_dir, tmp_path_factory.mktemp("server") / "server.log",
-                              api_key=SECRET) as url:
+    with running(tiny_judge_dir, tmp_path_factory.mktemp("server") / "server.log", name="tiny-judge",
+                 api_key=SECRET) as url:
         yield url
 
 
@@ -338,7 +338,7 @@ def test_the_local_server_shows_images_to_a_vision_model(tiny_vision_judge_dir, 
              VisionRequest("Is the square red?", (blue,), system="Answer yes or no."),
              VisionRequest("Which one is red?", (red, blue)), VisionRequest("No image here.")]
     local = TransformersVisionJudge(str(tiny_vision_judge_dir), device="cpu")
-    with judge_server_process(tiny_vision_judge_dir, tmp_path / "server.log", name="tiny-vlm") as url:
+    with running(tiny_vision_judge_dir, tmp_path / "server.log", name="tiny-vlm") as url:
         served = OpenAIVisionJudge(base_url=url)  # the model comes from /v1/models
         assert served.id == "openai:tiny-vlm"
         assert served.chat(asked, 6) == local.chat(asked, 6)  # same model, greedy: the images reached it

@@ -21,9 +21,15 @@ import binascii
 import hmac
 import io
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -155,6 +161,51 @@ def create_app(judge: Any, served_model_name: str, api_key: str | None = None,
         }
 
     return app
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def running(model: str | Path, log_path: Path, *, name: str, api_key: str | None = None, threads: int = 1,
+            timeout_s: float = 90) -> Iterator[str]:
+    """This server in a child process on a free port; yields its base URL (…/v1) once it answers,
+    and stops it after. A server that exits or stays silent is a `RuntimeError` with its log's tail."""
+    import requests
+
+    port = free_port()
+    command = [sys.executable, "-m", "tasks.judges.server", "--model", str(model), "--port", str(port),
+               "--served-model-name", name, "--threads", str(threads)]
+    env = {**os.environ, "UMM_JUDGE_SERVER_API_KEY": api_key or ""}
+    url = f"http://{HOST}:{port}/v1"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[2], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"judge server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/models", headers=headers, timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"judge server did not answer in {timeout_s:.0f} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
