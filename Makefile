@@ -31,9 +31,11 @@ test-fast: setup
 loop: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e loop --env-manager local
 
-# Speed figures (ratios measured in one run), printed as `name value` lines.
+# Speed figures (ratios measured in one run) and per-stage time of the generation benchmarks,
+# printed as `name value` lines.
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_harness.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_generation_stages.py
 
 # Serve the registered tiny model on 127.0.0.1 (run `make eval` first).
 serve: setup

@@ -33,6 +33,7 @@ def _setup_logging(verbose: bool) -> None:
 
     if not progress_enabled():
         transformers.utils.logging.disable_progress_bar()
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow reads it per call
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
