@@ -5,9 +5,12 @@
   causal LM), `vllm_backend` (vLLM in-process, imported only when used).
 - `cache`: replies on disk by (judge id, prompt sha256, settings); a re-score costs nothing.
 - `parsing`: strict parsers, the retry schedule, failures that are counted, never guessed.
+- `vision`: judges shown images (WISE, UEval, Uni-MMMU): `openai` and `transformers` backends,
+  the same cache, parsing and retries (`vision_judge_all`).
 - `extraction`: MathVista's answer extraction through a judge (`judge_extractor`).
-- `server`: `python -m tasks.judges.server`, a local OpenAI-compatible endpoint for a transformers model.
-- `tiny`: a tiny random chat LM for tests.
+- `server`: `python -m tasks.judges.server`, a local OpenAI-compatible endpoint for a transformers
+  chat LM or chat VLM (base64 images); `running` starts one in a child process.
+- `tiny`: a tiny random chat LM and chat VLM for tests.
 
 Importing this package loads no model library and no web framework.
 """
