@@ -105,6 +105,7 @@ class DiffusersBackbone(Backbone):
     key: ClassVar[str] = "diffusers"
     # What the family can do; each instance narrows this to its pipeline's (see module docstring).
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"generation", "editing"})
+    per_instance_capabilities: ClassVar[bool] = True  # the pipeline's class decides
     route: ClassVar[str] = "diffusers"
     requires: ClassVar[tuple[str, ...]] = ("diffusers>=0.35",)
     pip_requirements: ClassVar[tuple[str, ...]] = ("diffusers>=0.35",)  # beyond the flavor's base requirements

@@ -166,7 +166,7 @@ def log_model(
     )
 
 
-def _flavor_conf(local_path: Path) -> dict[str, Any]:
+def flavor_conf(local_path: Path) -> dict[str, Any]:
     model = Model.load(local_path / "MLmodel")
     if FLAVOR_NAME not in model.flavors:
         raise MlflowException(f"{local_path} is not a '{FLAVOR_NAME}' model (flavors: {sorted(model.flavors)})")
@@ -175,7 +175,7 @@ def _flavor_conf(local_path: Path) -> dict[str, Any]:
 
 def load_local(local_path: Path, device: str = "cpu", attn_implementation: str = "auto",
                compile: bool = False) -> Backbone:
-    conf = _flavor_conf(local_path)
+    conf = flavor_conf(local_path)
     cls = backbone_class(conf["backbone"])
     source = str(local_path / conf["weights"]) if conf.get("weights") else conf["source"]
     return cls.load(source, revision=None if conf.get("weights") else conf.get("revision"),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,9 @@ import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
+from safetensors import SafetensorError
 
+from model_flavors.janus import JanusPro
 from tasks import registry as task_registry
 from tasks.base import Sample, Task
 from tasks.shapes import ShapesTask
@@ -78,6 +81,40 @@ def test_same_weights_reuse_the_registered_version_and_the_cache(workspace):
 
     by_uri = evaluate(EvalRecipe(model="models:/janus-pro-tiny/1", limit=LIMIT))
     assert by_uri.model_version == "1" and official(by_uri.metrics) == official(first.metrics)
+
+
+def test_rerunning_a_finished_eval_loads_no_model_and_scores_nothing(workspace, monkeypatch):
+    first = evaluate(EvalRecipe(limit=LIMIT))
+    calls = {"load": 0, "score": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(JanusPro, "load", classmethod(counted("load", JanusPro.load.__func__)))
+    monkeypatch.setattr(ShapesTask, "score", counted("score", ShapesTask.score))
+    again = evaluate(EvalRecipe(limit=LIMIT))
+    assert calls == {"load": 0, "score": 0}
+    assert again.results["shapes"].records == first.results["shapes"].records  # the records, as computed
+    assert official(again.metrics) == official(first.metrics) and again.run_id != first.run_id
+    (child,) = _child_runs(again.run_id)
+    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=child.info.run_id))
+    assert (artifacts / "plots" / "shapes_categories.png").is_file() and len(list((artifacts / "images").rglob("*.png")))
+
+    # One more sample to generate: the model loads (before any run starts) and only it is scored.
+    more = evaluate(EvalRecipe(limit=LIMIT + 1))
+    assert calls["load"] == 1 and calls["score"] == 1 and more.results["shapes"].computed > 0
+
+
+def test_a_model_that_cannot_load_fails_before_any_run_exists(workspace, tiny_janus_dir):
+    broken = workspace / "broken-janus"
+    shutil.copytree(tiny_janus_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(SafetensorError, match="deserializing header"):
+        evaluate(EvalRecipe(model=str(broken), limit=LIMIT))
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
 
 
 class ShapesWithACorruptImage(Task):

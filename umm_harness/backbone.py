@@ -9,9 +9,9 @@ so a failure is never hidden behind a plausible-looking answer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -60,6 +60,8 @@ class Backbone(ABC):
     pip_requirements: ClassVar[tuple[str, ...]] = ()  # beyond the flavor's base requirements
     # True when `load()` takes `attn_implementation` and `compile` (umm_harness.acceleration).
     tunable_attention: ClassVar[bool] = False
+    # True when an instance can do less than its class says (what it can do is known once loaded).
+    per_instance_capabilities: ClassVar[bool] = False
 
     info: ModelInfo
     attn_implementation: str | None = None  # the kernel this instance runs (None: not ours to choose)
@@ -117,3 +119,28 @@ class Backbone(ABC):
         self.check_supports(task)
         method = {"understanding": self.understand, "generation": self.generate, "editing": self.edit}[task]
         return method(requests)
+
+
+class LazyBackbone:
+    """An adapter whose weights load on first use. Its key, capabilities and attention kernel are
+    known from its class and the recipe, so rerunning an evaluation whose outputs are all cached
+    loads nothing (for a 7B model, minutes and tens of GB). Anything else loads the weights once."""
+
+    def __init__(self, cls: type[Backbone], load: Callable[[], Backbone], attn_implementation: str | None,
+                 compiled: bool):
+        self.key, self.capabilities = cls.key, cls.capabilities
+        self.attn_implementation, self.compiled = attn_implementation, compiled
+        self._load = load
+        self._loaded: Backbone | None = None
+
+    @property
+    def is_loaded(self) -> bool:
+        return self._loaded is not None
+
+    def loaded(self) -> Backbone:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loaded(), name)

@@ -5,24 +5,32 @@ an append-only log with one line per (sample, k), and `images/` with the PNGs it
 killed run leaves at worst a torn last line, which is ignored on reading, so a rerun with the
 same arguments finds every finished sample and computes only the rest. Data-parallel rank r > 0
 appends to `outputs-rank<r>.jsonl`; every reader reads all the logs, whatever the rank count.
+
+`scores.jsonl` keeps the score record of each sample with the scorer that made it and a digest
+of the outputs it scored, so rerunning a finished evaluation re-reads records instead of
+decoding every image and running the detector again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from tasks.base import Output
+import tasks
+from tasks.base import Output, Task
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +48,36 @@ def safe_name(sample_id: str) -> str:
     if cleaned == sample_id:
         return cleaned
     return f"{cleaned}-{hashlib.sha256(sample_id.encode()).hexdigest()[:8]}"
+
+
+def _numpy_scalar(value: Any) -> dict[str, Any]:
+    """JSON for the numpy scalars detectors put in records, tagged so they read back as themselves."""
+    if isinstance(value, np.generic):
+        return {"__numpy__": value.dtype.str, "value": value.item()}
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _read_numpy_scalar(obj: dict[str, Any]) -> Any:
+    return np.dtype(obj["__numpy__"]).type(obj["value"]) if obj.keys() == {"__numpy__", "value"} else obj
+
+
+@cache
+def _tasks_source_digest() -> str:
+    """sha256 of the `tasks` package's source: a changed scorer or rule never reuses old records."""
+    digest = hashlib.sha256()
+    root = Path(tasks.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def scorer_identity(task: Task, judge: Any = None) -> str:
+    """What a score record depends on besides its sample and outputs: the task's class and source,
+    its scorer (`scorer_id`: detector, VQA model, judge), the benchmark code, and the recipe's judge."""
+    module_file = Path(inspect.getsourcefile(type(task)) or "")
+    return ResultCache.key(task=f"{type(task).__module__}.{type(task).__qualname__}",
+                           module=hashlib.sha256(module_file.read_bytes()).hexdigest() if module_file.is_file() else "",
+                           scorer=getattr(task, "scorer_id", None), source=_tasks_source_digest(), judge=judge)
 
 
 class CachedOutput(BaseModel):
@@ -60,6 +98,7 @@ class ResultCache:
         self._entries: dict[tuple[str, int], CachedOutput] = {}
         self._torn_tail = False  # our own log ends in a torn line: the next append starts a new line
         self._load()
+        self._scores: dict[tuple[str, str], tuple[str, dict[str, Any]]] | None = None  # read on first use
 
     @staticmethod
     def key(**identity: Any) -> str:
@@ -121,6 +160,53 @@ class ResultCache:
             handle.write("".join(entry.model_dump_json() + "\n" for entry in entries))
         for entry in entries:
             self._entries[(entry.sample_id, entry.k)] = entry
+
+    def _outputs_digest(self, sample_id: str, n: int) -> str:
+        entries = [self._entries.get((sample_id, k)) for k in range(n)]
+        return self.key(outputs=[e.model_dump(exclude={"elapsed_s"}) if e else None for e in entries])
+
+    def _score_lines(self) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+        if self._scores is None:
+            self._scores = {}
+            path = self.folder / "scores.jsonl"
+            if path.is_file():
+                for line in path.read_text(encoding="utf-8").splitlines():
+                    try:
+                        row = json.loads(line, object_hook=_read_numpy_scalar)
+                        self._scores[(row["scorer"], row["sample_id"])] = (row["outputs"], row["record"])
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn last line
+        return self._scores
+
+    def score_record(self, scorer: str, sample_id: str, n: int) -> dict[str, Any] | None:
+        """The record `scorer` gave this sample's `n` outputs as they are cached now, if it scored them."""
+        found = self._score_lines().get((scorer, sample_id))
+        if found is None or found[0] != self._outputs_digest(sample_id, n):
+            return None
+        return found[1]
+
+    def add_scores(self, scorer: str, records: list[tuple[str, int, dict[str, Any]]]) -> None:
+        """Remember (sample id, n, record) triples; a record that would not read back equal (a
+        tuple, an array, ...) is left out, so a reused record is always exactly the one computed."""
+        lines = []
+        for sample_id, n, record in records:
+            outputs = self._outputs_digest(sample_id, n)
+            try:
+                line = json.dumps({"scorer": scorer, "sample_id": sample_id, "outputs": outputs, "record": record},
+                                  default=_numpy_scalar)
+                exact = bool(json.loads(line, object_hook=_read_numpy_scalar)["record"] == record)
+            except (TypeError, ValueError):
+                exact = False
+            if exact:
+                lines.append(line + "\n")
+                self._score_lines()[(scorer, sample_id)] = (outputs, record)
+        if lines:
+            with (self.folder / "scores.jsonl").open("a+b") as handle:
+                end = handle.seek(0, os.SEEK_END)
+                if end:
+                    handle.seek(end - 1)
+                    lines.insert(0, "" if handle.read(1) == b"\n" else "\n")  # never onto a torn line
+                handle.write("".join(lines).encode())
 
     def entry(self, sample_id: str, k: int) -> CachedOutput | None:
         return self._entries.get((sample_id, k))

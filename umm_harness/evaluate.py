@@ -20,14 +20,15 @@ import umm_harness
 from model_flavors.registry import backbone_class
 from tasks.base import Sample, Task
 from tasks.registry import build_task, suite_benchmarks
+from umm_harness.backbone import LazyBackbone
 from umm_harness.batch_size import BatchSizer
-from umm_harness.cache import ResultCache, umm_home
+from umm_harness.cache import ResultCache, scorer_identity, umm_home
 from umm_harness.config import EvalRecipe, flatten
 from umm_harness.distributed import Ranks, current_ranks
 from umm_harness.errors import ConfigError
 from umm_harness.model_ref import ResolvedModel, resolve_model, resolve_registered
 from umm_harness.model_registry import ensure_registered
-from umm_harness.runner import BenchmarkResult, run_benchmark
+from umm_harness.runner import BenchmarkResult, pending_outputs, run_benchmark
 from umm_harness.tracking import git_commit, log_batch, log_benchmark, official
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,15 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
         return _score_logged_outputs(recipe, tasks, samples) if ranks.is_main else None
     model = resolve_model(recipe.model, backbone=recipe.backbone, revision=recipe.revision, dtype=recipe.dtype,
                           device=recipe.device, register_as=recipe.register_as, options=recipe.backbone_options,
-                          attn_implementation=recipe.attn_implementation, compile=recipe.compile)
+                          attn_implementation=recipe.attn_implementation, compile=recipe.compile, lazy=True)
+    caches = {task.name: _cache(task, model, recipe, ranks) for task in tasks}
+    if isinstance(model.backbone, LazyBackbone) and any(
+            pending_outputs(task, model.backbone, caches[task.name], limit=recipe.limit, samples=samples[task.name],
+                            shard=(ranks.rank, ranks.world_size)) for task in tasks):
+        model.backbone.loaded()  # now, so that a model that cannot load fails before any run exists
     if not ranks.is_main:
         for task in tasks:
-            _run_task(task, model, recipe, ranks, samples[task.name])
+            _run_task(task, model, recipe, ranks, samples[task.name], caches[task.name])
         return None
     common_tags = {
         "umm.backbone": model.backbone.key,
@@ -96,7 +102,7 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
         for task in tasks:
             with mlflow.start_run(run_name=task.name, nested=True):
                 log_batch(tags={**common_tags, "umm.benchmark": task.name, **_scorer_tag(task)})
-                result, cache = _run_task(task, model, recipe, ranks, samples[task.name])
+                result, cache = _run_task(task, model, recipe, ranks, samples[task.name], caches[task.name])
                 metrics.update(log_benchmark(task.name, result, cache))
                 results[task.name] = result
         log_batch(metrics=metrics)
@@ -104,27 +110,31 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
     return EvalSummary(run_id, model.registered_name, version, metrics, results)
 
 
-def _run_task(task: Task, model: ResolvedModel, recipe: EvalRecipe, ranks: Ranks, samples: list[Sample]
-              ) -> tuple[BenchmarkResult, ResultCache] | None:
-    """One benchmark on this rank; with several ranks each generates its shard, then rank 0
-    merges every rank's cache log and scores (the others return None)."""
+def _cache(task: Task, model: ResolvedModel, recipe: EvalRecipe, ranks: Ranks) -> ResultCache:
     folder = umm_home() / "cache" / ResultCache.key(
         weights=model.digest, benchmark=task.name, seed=recipe.seed, dtype=recipe.dtype,
         params=recipe.params.model_dump(exclude_none=True), data_dir=recipe.data_dir,
         options=recipe.task_options.get(task.name),
     )
-    cache = ResultCache(folder, rank=ranks.rank)
     log.info("%s: cache %s", task.name, folder)
+    return ResultCache(folder, rank=ranks.rank)
+
+
+def _run_task(task: Task, model: ResolvedModel, recipe: EvalRecipe, ranks: Ranks, samples: list[Sample],
+              cache: ResultCache) -> tuple[BenchmarkResult, ResultCache] | None:
+    """One benchmark on this rank; with several ranks each generates its shard, then rank 0
+    merges every rank's cache log and scores (the others return None)."""
     sizer = BatchSizer(recipe.batch_size, umm_home() / "batch_sizes.json", model.digest)
     run = partial(run_benchmark, task, model.backbone, run_seed=recipe.seed, batch_size=sizer,
-                  overrides=recipe.params, limit=recipe.limit, samples=samples)
+                  overrides=recipe.params, limit=recipe.limit, samples=samples,
+                  scorer=scorer_identity(task, recipe.judge))
     if ranks.world_size == 1:
         return run(cache, stage=recipe.stage), cache
     shard = run(cache, stage="generate", shard=(ranks.rank, ranks.world_size))
     computed = ranks.sum(shard.computed)  # also waits until every rank has finished its shard
     if not ranks.is_main:
         return None
-    merged = ResultCache(folder)
+    merged = ResultCache(cache.folder)
     result = run(merged, stage=recipe.stage)  # everything is cached now: this only scores
     result.computed, result.reused = computed, result.reused - computed
     result.model_seconds = shard.model_seconds

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from model_flavors import flavor
 from model_flavors.registry import MARKER_FILES, backbone_class, infer_backbone, tiny_builder
-from umm_harness.backbone import Backbone
+from umm_harness.acceleration import select_attn_implementation
+from umm_harness.backbone import Backbone, LazyBackbone
 from umm_harness.cache import umm_home
 from umm_harness.errors import ConfigError
 
@@ -32,7 +36,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass
 class ResolvedModel:
-    backbone: Backbone
+    backbone: Backbone | LazyBackbone
     reference: str  # what the user asked for
     digest: str  # identity of the weights: equal digests, equal models
     copy_weights: bool  # False for hub models: the flavor records them by reference
@@ -54,20 +58,36 @@ def resolve_registered(reference: str) -> tuple[str, str, dict[str, str]]:
     return name, str(mv.version), dict(mv.tags)
 
 
-def _registered(reference: str, device: str, acceleration: dict[str, Any]) -> ResolvedModel:
+def _adapter(cls: type[Backbone], load: Callable[..., Backbone], *, lazy: bool, dtype: str, device: str,
+             acceleration: dict[str, Any]) -> Backbone | LazyBackbone:
+    """`load(**acceleration options)` now, or on first use when `lazy` and the class alone says
+    what the adapter can do; an impossible attention or compile choice fails now either way."""
+    options = cls.acceleration_options(**acceleration)
+    if not lazy or cls.per_instance_capabilities:
+        return load(**options)
+    attention = (select_attn_implementation(acceleration["attn_implementation"], device=device, dtype=dtype)
+                 if cls.tunable_attention else None)
+    return LazyBackbone(cls, partial(load, **options), attention, bool(options.get("compile")))
+
+
+def _registered(reference: str, dtype: str, device: str, acceleration: dict[str, Any], lazy: bool) -> ResolvedModel:
     name, version, tags = resolve_registered(reference)
-    backbone = flavor.load_model(f"models:/{name}/{version}", device=device, **acceleration)
-    digest = tags.get("umm.weights_digest") or backbone.info.source
+    uri = f"models:/{name}/{version}"
+    conf = flavor.flavor_conf(Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/MLmodel")).parent)
+    backbone = _adapter(backbone_class(conf["backbone"]), partial(flavor.load_model, uri, device=device), lazy=lazy,
+                        dtype=conf.get("dtype", dtype), device=device, acceleration=acceleration)
+    digest = tags.get("umm.weights_digest") or conf["weights_digest"]
     return ResolvedModel(backbone, reference, digest, True, name, version)
 
 
-def _tiny(name: str, dtype: str, device: str, acceleration: dict[str, Any]) -> ResolvedModel:
+def _tiny(name: str, dtype: str, device: str, acceleration: dict[str, Any], lazy: bool) -> ResolvedModel:
     folder = umm_home() / "tiny" / name
     if not any((folder / marker).is_file() for marker in ("config.json", *MARKER_FILES)):
         log.info("building the tiny '%s' model at %s (first use)", name, folder)
         tiny_builder(name)(folder, seed=0)
     cls = backbone_class(infer_backbone(str(folder)))
-    backbone = cls.load(str(folder), dtype=dtype, device=device, **cls.acceleration_options(**acceleration))
+    backbone = _adapter(cls, partial(cls.load, str(folder), dtype=dtype, device=device), lazy=lazy, dtype=dtype,
+                        device=device, acceleration=acceleration)
     return ResolvedModel(backbone, f"tiny:{name}", flavor.folder_digest(folder), True, f"{name}-tiny")
 
 
@@ -82,40 +102,43 @@ def resolve_model(
     options: dict[str, Any] | None = None,
     attn_implementation: str = "auto",
     compile: bool = False,
+    lazy: bool = False,
 ) -> ResolvedModel:
-    """Load the model behind `reference`; bad references raise `ConfigError` before loading.
+    """The model behind `reference`; bad references raise `ConfigError` before loading.
 
     `options` go to the adapter's `load` (e.g. BAGEL's `repo_path`) for checkpoints it loads itself;
     `attn_implementation` and `compile` to every transformers-based adapter (`umm_harness.acceleration`).
+    `lazy`: the weights load on first use (`LazyBackbone`), where the backbone's class allows it.
     """
     options = options or {}
     acceleration = {"attn_implementation": attn_implementation, "compile": compile}
+    adapter = partial(_adapter, lazy=lazy, dtype=dtype, device=device, acceleration=acceleration)
     if reference.startswith("models:/"):
-        resolved = _registered(reference, device, acceleration)
+        resolved = _registered(reference, dtype, device, acceleration, lazy)
     elif reference.startswith("tiny:"):
-        resolved = _tiny(reference.removeprefix("tiny:"), dtype, device, acceleration)
+        resolved = _tiny(reference.removeprefix("tiny:"), dtype, device, acceleration, lazy)
     elif Path(reference).expanduser().exists():
         folder = Path(reference).expanduser().resolve()
         if (folder / "MLmodel").is_file():
-            loaded = flavor.load_local(folder, device=device, **acceleration)
+            conf = flavor.flavor_conf(folder)
+            loaded = _adapter(backbone_class(conf["backbone"]), partial(flavor.load_local, folder, device=device),
+                              lazy=lazy, dtype=conf.get("dtype", dtype), device=device, acceleration=acceleration)
             digest = flavor.folder_digest(folder / "weights") if (folder / "weights").is_dir() else folder.name
             resolved = ResolvedModel(loaded, reference, digest, True, folder.name.lower())
         else:
             cls = backbone_class(backbone or infer_backbone(str(folder)))
-            loaded = cls.load(str(folder), dtype=dtype, device=device, **options,
-                              **cls.acceleration_options(**acceleration))
+            loaded = adapter(cls, partial(cls.load, str(folder), dtype=dtype, device=device, **options))
             resolved = ResolvedModel(loaded, reference, flavor.folder_digest(folder), True, folder.name.lower())
     elif reference.startswith(("http://", "https://")):  # a model behind an engine (e.g. vllm-omni)
         if not backbone:
             raise ConfigError(f"model '{reference}' is a server: pass --backbone (e.g. bagel)")
         cls = backbone_class(backbone)
-        loaded = cls.load(reference, dtype=dtype, device=device, **options, **cls.acceleration_options(**acceleration))
+        loaded = adapter(cls, partial(cls.load, reference, dtype=dtype, device=device, **options))
         resolved = ResolvedModel(loaded, reference, flavor.reference_digest(reference, None), False,
                                  re.sub(r"[^a-z0-9-]+", "-", reference.split("://", 1)[1].lower()).strip("-"))
     elif _HUB_ID.match(reference) and not reference.startswith((".", "~")):
         cls = backbone_class(backbone or infer_backbone(reference))
-        loaded = cls.load(reference, revision=revision, dtype=dtype, device=device, **options,
-                          **cls.acceleration_options(**acceleration))
+        loaded = adapter(cls, partial(cls.load, reference, revision=revision, dtype=dtype, device=device, **options))
         digest = flavor.reference_digest(reference, revision)
         resolved = ResolvedModel(loaded, reference, digest, False, reference.split("/")[-1].lower())
     else:

@@ -74,30 +74,11 @@ def request_for(sample: Sample, k: int, run_seed: int, overrides: InferenceParam
     return sample.request.model_copy(update={"params": params})
 
 
-def run_benchmark(
-    task: Task,
-    backbone: Backbone | None,
-    cache: ResultCache,
-    *,
-    run_seed: int,
-    batch_size: int | str | BatchSizer,
-    overrides: InferenceParams | None = None,
-    limit: int | None = None,
-    stage: Stage = "all",
-    capabilities: frozenset[str] | None = None,
-    shard: tuple[int, int] = (0, 1),
-    samples: list[Sample] | None = None,
-) -> BenchmarkResult:
-    """Stage 1 (`generate`), stage 2 (`score`) or both (`all`) of one benchmark.
-
-    `score` never calls the backbone (pass None and its class's `capabilities`): every output
-    must already be cached. `shard=(rank, world_size)` generates every world_size-th pending
-    output only (data-parallel ranks split the work this way, deterministically). `samples`:
-    the task's samples, when the caller has loaded them already.
-    """
+def _plan(task: Task, backbone: Backbone | None, capabilities: frozenset[str] | None, limit: int | None,
+          shard: tuple[int, int], samples: list[Sample] | None):
+    """(samples, failed, skipped, runnable, this rank's (sample, k) work items, in batching order)."""
     capabilities = backbone.capabilities if backbone is not None else capabilities or frozenset()
     key = backbone.key if backbone is not None else "the backbone"
-    overrides = overrides or InferenceParams()
     samples = limit_samples(task.samples() if samples is None else samples, limit)
     failed = {s.id: s.error for s in samples if s.error}
     skipped = {
@@ -111,7 +92,41 @@ def run_benchmark(
     work = sorted(((s, k) for s in runnable for k in range(s.n)),
                   key=lambda item: (item[0].request.task, len(item[0].request.prompt or ""), item[0].id, item[1]))
     rank, world_size = shard
-    mine = work[rank::world_size]
+    return samples, failed, skipped, runnable, work[rank::world_size]
+
+
+def pending_outputs(task: Task, backbone: Backbone, cache: ResultCache, *, limit: int | None = None,
+                    shard: tuple[int, int] = (0, 1), samples: list[Sample] | None = None) -> int:
+    """How many outputs of this rank's share `run_benchmark` would have to compute (0: all cached)."""
+    *_, mine = _plan(task, backbone, None, limit, shard, samples)
+    return sum((s.id, k) not in cache for s, k in mine)
+
+
+def run_benchmark(
+    task: Task,
+    backbone: Backbone | None,
+    cache: ResultCache,
+    *,
+    run_seed: int,
+    batch_size: int | str | BatchSizer,
+    overrides: InferenceParams | None = None,
+    limit: int | None = None,
+    stage: Stage = "all",
+    capabilities: frozenset[str] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    samples: list[Sample] | None = None,
+    scorer: str | None = None,
+) -> BenchmarkResult:
+    """Stage 1 (`generate`), stage 2 (`score`) or both (`all`) of one benchmark.
+
+    `score` never calls the backbone (pass None and its class's `capabilities`): every output
+    must already be cached. `shard=(rank, world_size)` generates every world_size-th pending
+    output only (data-parallel ranks split the work this way, deterministically). `samples`:
+    the task's samples, when the caller has loaded them already. `scorer`: the scorer's identity
+    (`cache.scorer_identity`); records it already gave these very outputs are reused, not recomputed.
+    """
+    overrides = overrides or InferenceParams()
+    samples, failed, skipped, runnable, mine = _plan(task, backbone, capabilities, limit, shard, samples)
     pending = [(s, k) for s, k in mine if (s.id, k) not in cache]
     reused = len(mine) - len(pending)
     if stage == "score" and pending:
@@ -149,16 +164,22 @@ def run_benchmark(
     if stage == "generate":
         return BenchmarkResult(samples, {}, failed, skipped, len(pending), reused, model_seconds)
     records: dict[str, dict[str, Any]] = {}
+    if scorer is not None:
+        records = {s.id: r for s in runnable if (r := cache.score_record(scorer, s.id, s.n)) is not None}
+    to_score = [s for s in runnable if s.id not in records]
     # Judged tasks take many samples at once to batch their judge calls; outputs are read from
     # the cache a chunk at a time so thousands of images never sit in memory together.
     score_many = getattr(task, "score_many", None)
     chunk = 64 if score_many else 1
-    with tqdm(total=len(runnable), desc=f"{task.name}: score", unit="sample", disable=not progress_enabled()) as bar:
-        for start in range(0, len(runnable), chunk):
+    with tqdm(total=len(to_score), desc=f"{task.name}: score", unit="sample", disable=not progress_enabled()) as bar:
+        for start in range(0, len(to_score), chunk):
             items = [(sample, [cache.output(sample.id, k) for k in range(sample.n)])
-                     for sample in runnable[start : start + chunk]]
+                     for sample in to_score[start : start + chunk]]
             scored = score_many(items) if score_many else [task.score(sample, outputs) for sample, outputs in items]
             records.update({sample.id: record for (sample, _), record in zip(items, scored)})
             bar.update(len(items))
+    if scorer is not None and to_score:
+        cache.add_scores(scorer, [(s.id, s.n, records[s.id]) for s in to_score])
+    records = {s.id: records[s.id] for s in runnable}
     metrics = task.aggregate(runnable, records)
     return BenchmarkResult(samples, records, failed, skipped, len(pending), reused, model_seconds, metrics)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import shutil
 import subprocess
@@ -101,14 +102,23 @@ def _sample_rows(benchmark: str, result: BenchmarkResult, cache: ResultCache) ->
     return rows
 
 
-def _category_plot(benchmark: str, metrics: dict[str, float]) -> plt.Figure:
+def _category_plot(benchmark: str, metrics: dict[str, float], cache: ResultCache) -> Path:
+    """The bar chart of `metrics`, drawn once per distinct set of values and kept in the cache:
+    rerunning a finished evaluation logs the same picture without drawing it again."""
+    path = cache.folder / "plots" / ResultCache.key(metrics=metrics) / f"{benchmark}_categories.png"
+    if path.is_file():
+        return path
     names = sorted(metrics)
     figure, axis = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 1), 3.5))
     axis.bar(range(len(names)), [metrics[n] for n in names], color="#4C72B0")
     axis.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     axis.set_title(benchmark)
     figure.tight_layout()
-    return figure
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path.with_suffix(".tmp.png"))
+    plt.close(figure)
+    path.with_suffix(".tmp.png").replace(path)  # a killed run never leaves half a picture
+    return path
 
 
 def _log_images(benchmark: str, rows: list[dict[str, Any]], cache: ResultCache) -> None:
@@ -116,9 +126,12 @@ def _log_images(benchmark: str, rows: list[dict[str, Any]], cache: ResultCache) 
     names = [Path(path).name for row in rows for output in row.get("outputs") or [] for path in output["images"]]
     if not names:
         return
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=cache.folder) as tmp:  # beside the images: links, not copies
         for name in names:
-            shutil.copyfile(cache.images_dir / name, Path(tmp) / name)
+            try:
+                os.link(cache.images_dir / name, Path(tmp) / name)
+            except OSError:  # a file system without hard links
+                shutil.copyfile(cache.images_dir / name, Path(tmp) / name)
         mlflow.log_artifacts(tmp, f"images/{benchmark}")
 
 
@@ -151,9 +164,7 @@ def log_benchmark(benchmark: str, result: BenchmarkResult, cache: ResultCache, l
     if log_images:
         _log_images(benchmark, rows, cache)
     if result.metrics:
-        figure = _category_plot(benchmark, result.metrics)
-        mlflow.log_figure(figure, f"plots/{benchmark}_categories.png")
-        plt.close(figure)
+        mlflow.log_artifact(str(_category_plot(benchmark, result.metrics, cache)), "plots")
     if result.failed:
         log.warning("%s: %d sample(s) failed and were left out of the metrics (see samples/%s.jsonl)",
                     benchmark, len(result.failed), benchmark)
