@@ -133,10 +133,6 @@ class LazyBackbone:
         self._load = load
         self._loaded: Backbone | None = None
 
-    @property
-    def is_loaded(self) -> bool:
-        return self._loaded is not None
-
     def loaded(self) -> Backbone:
         if self._loaded is None:
             self._loaded = self._load()
