@@ -5,6 +5,8 @@ SDPA everywhere else; an explicit choice that cannot run fails before any weight
 one line naming the fix. Whatever kernel runs, a greedy answer and a seeded image are the same.
 """
 
+import sys
+
 import mlflow
 import pytest
 import torch
@@ -14,9 +16,9 @@ from model_flavors.emu3 import Emu3
 from model_flavors.emu3 import build_tiny as build_tiny_emu3
 from model_flavors.janus import JanusPro
 from tasks.shapes import ShapesTask
-from tests.conftest import umm
+from tests.test_cli_errors import _one_line_error, _run_in_process
 from tests.test_emu3 import tiny_dir
-from umm_harness.acceleration import select_attn_implementation
+from umm_harness.acceleration import flash_attn_installed, select_attn_implementation
 from umm_harness.config import load_recipe
 from umm_harness.errors import ConfigError
 from umm_harness.requests import InferenceParams
@@ -50,9 +52,12 @@ def test_flash_attention_without_a_gpu_says_it_needs_one(tmp_path, monkeypatch):
     (tmp_path / "flash_attn").mkdir()
     (tmp_path / "flash_attn" / "__init__.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
-        select_attn_implementation("flash_attention_2", device="cpu", dtype="bfloat16")
-    assert select_attn_implementation("auto", device="cpu", dtype="bfloat16") == "sdpa"
+    try:
+        with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+            select_attn_implementation("flash_attention_2", device="cpu", dtype="bfloat16")
+        assert select_attn_implementation("auto", device="cpu", dtype="bfloat16") == "sdpa"
+    finally:
+        sys.modules.pop("flash_attn", None)  # the stand-in must not outlive this test
 
 
 def test_a_backbone_without_the_choice_refuses_it_and_ignores_auto():
@@ -90,12 +95,11 @@ def test_emu3_loads_each_role_with_the_chosen_kernel(tmp_path_factory):
     assert emu3._role("chat").model.config._attn_implementation == "eager"
 
 
-def test_eval_with_flash_attention_here_exits_2_with_one_line_and_no_run(workspace):
-    done = umm("eval", "--limit", "2", "--attn-implementation", "flash_attention_2", cwd=workspace)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1] == (
-        "umm: error: attn_implementation flash_attention_2: flash-attn is not installed; "
-        "install flash-attn: pip install flash-attn --no-build-isolation")
+@pytest.mark.skipif(flash_attn_installed(), reason="describes a machine without flash-attn")
+def test_eval_with_flash_attention_here_exits_2_with_one_line_and_no_run(workspace, capsys):
+    done = _run_in_process(capsys, "eval", "--limit", "2", "--attn-implementation", "flash_attention_2")
+    _one_line_error(done, "attn_implementation flash_attention_2: flash-attn is not installed; "
+                          "install flash-attn: pip install flash-attn --no-build-isolation")
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
 
 
