@@ -45,7 +45,13 @@ def test_a_score_line_torn_by_a_kill_costs_that_record_only(tmp_path):
     assert ResultCache(tmp_path).score_record("scorer", "s1", 1) == {"score": 0.5}
 
 
-def test_the_scorer_identity_names_the_task_its_scorer_and_the_judge():
+def test_the_scorer_identity_names_the_task_its_scorer_and_the_judge(monkeypatch):
     shapes = ShapesTask()
     assert scorer_identity(shapes) == scorer_identity(ShapesTask())
     assert scorer_identity(shapes) != scorer_identity(shapes, judge={"backend": "openai", "model": "x"})
+    before = scorer_identity(shapes)
+    monkeypatch.setenv("UMM_JUDGE_MODEL", "another-judge")  # the judge a recipe without `judge:` gets
+    with_env_judge = scorer_identity(shapes)
+    assert with_env_judge != before
+    monkeypatch.setenv("UMM_JUDGE_API_KEY", "secret")  # credentials are no part of it
+    assert scorer_identity(shapes) == with_env_judge

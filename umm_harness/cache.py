@@ -71,10 +71,17 @@ def _tasks_source_digest() -> str:
     return digest.hexdigest()
 
 
+# Where a judged benchmark finds its judge when the recipe names none (tasks.judges); never the key.
+_JUDGE_ENVIRONMENT = ("UMM_JUDGE_BACKEND", "UMM_JUDGE_BASE_URL", "UMM_JUDGE_MODEL")
+
+
 def scorer_identity(task: Task, judge: Any = None) -> str:
     """What a score record depends on besides its sample and outputs: the task's class and source,
-    its scorer (`scorer_id`: detector, VQA model, judge), the benchmark code, and the recipe's judge."""
+    its scorer (`scorer_id`: detector, VQA model, judge), the benchmark code, and the judge (the
+    recipe's, else the one the UMM_JUDGE_* environment names)."""
     module_file = Path(inspect.getsourcefile(type(task)) or "")
+    if judge is None:
+        judge = {name: os.environ.get(name) for name in _JUDGE_ENVIRONMENT}
     return ResultCache.key(task=f"{type(task).__module__}.{type(task).__qualname__}",
                            module=hashlib.sha256(module_file.read_bytes()).hexdigest() if module_file.is_file() else "",
                            scorer=getattr(task, "scorer_id", None), source=_tasks_source_digest(), judge=judge)
