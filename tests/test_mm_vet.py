@@ -17,6 +17,7 @@ import pytest
 from tasks.base import Output, Sample
 from tasks.judges import JudgeConfig
 from tasks.judges.parsing import ParseError
+from tasks.judges.server import running
 from tasks.judges.tiny import build_tiny_judge
 from tasks.mm_vet import MMVetTask
 from tasks.scorers.mm_vet_rules import (
@@ -29,7 +30,7 @@ from tasks.scorers.mm_vet_rules import (
     parse_score,
 )
 from tests.fixtures_hub import CORRUPT, IMAGE, _write, image
-from tests.test_judges import JUDGE_ENV, SECRET, StandInJudge, start_judge_server, stop
+from tests.test_judges import JUDGE_ENV, SECRET, StandInJudge
 from umm_harness.errors import ConfigError
 
 MMVET_SCHEMA = pa.schema([("question_id", pa.string()), ("image", IMAGE), ("question", pa.string()),
@@ -229,9 +230,8 @@ def test_rescoring_is_served_from_the_cache(tmp_path):
 @pytest.fixture(scope="module")
 def served_tiny_judge(tmp_path_factory):
     folder = build_tiny_judge(tmp_path_factory.mktemp("judge") / "tiny-judge", seed=0)
-    process, url = start_judge_server(folder, tmp_path_factory.mktemp("server") / "server.log", SECRET)
-    yield url
-    stop(process)
+    with running(folder, tmp_path_factory.mktemp("server") / "server.log", name="tiny-judge", api_key=SECRET) as url:
+        yield url
 
 
 def test_end_to_end_through_the_served_tiny_judge(served_tiny_judge, monkeypatch, tmp_path):

@@ -271,14 +271,13 @@ SECRETS = {
 @pytest.fixture(scope="module")
 def served_judge(tmp_path_factory):
     """The tiny judge behind the local OpenAI-compatible server, which demands the judge key."""
+    from tasks.judges.server import running
     from tasks.judges.tiny import build_tiny_judge
-    from tests.test_judges import start_judge_server, stop
 
     folder = build_tiny_judge(tmp_path_factory.mktemp("judge") / "tiny-judge", seed=0)
-    process, url = start_judge_server(folder, tmp_path_factory.mktemp("judge_server") / "server.log",
-                                      SECRETS["UMM_JUDGE_API_KEY"])
-    yield url
-    stop(process)
+    with running(folder, tmp_path_factory.mktemp("judge_server") / "server.log", name="tiny-judge",
+                 api_key=SECRETS["UMM_JUDGE_API_KEY"]) as url:
+        yield url
 
 
 def _all_text_of_run(client: MlflowClient, run_id: str, into: Path) -> str:
