@@ -58,6 +58,9 @@ def data_dirs(work: Path) -> dict[str, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=6, help="items per benchmark")
+    gpu = torch.cuda.is_available()
+    parser.add_argument("--device", default="cuda" if gpu else "cpu", help="generator's device (default: cuda when present)")
+    parser.add_argument("--dtype", default="bfloat16" if gpu else "float32", help="default: bfloat16 on cuda")
     args = parser.parse_args()
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
@@ -80,6 +83,7 @@ def main() -> None:
         with running(vlm, work / "judge.log", name="tiny-vlm") as url:
             for benchmark in BENCHMARKS:
                 recipe = EvalRecipe(suite=benchmark, limit=args.limit, seed=0, threads=1, data_dir=dirs[benchmark],
+                                    device=args.device, dtype=args.dtype,
                                     judge={"backend": "openai", "base_url": url, "model": "tiny-vlm"},
                                     task_options={benchmark: options[benchmark]} if benchmark in options else {})
                 start = time.perf_counter()
@@ -98,12 +102,12 @@ def main() -> None:
     mlflow.set_tracking_uri(results_store)
     mlflow.set_experiment("umm-benchmarks")
     with mlflow.start_run(run_name="bench_generation_stages"):
-        mlflow.set_tags({"device": device_name(), "limit": str(args.limit)})
+        mlflow.set_tags({"device": device_name(args.device), "dtype": args.dtype, "limit": str(args.limit)})
         mlflow.log_metrics(figures)
     print(f"{'benchmark':10s} {'samples':>7s} {'outputs':>7s} {'generate s/sample':>18s} {'score s/sample':>15s}")
     for benchmark, samples, outputs, generate, score in rows:
         print(f"{benchmark:10s} {samples:7d} {outputs:7d} {generate:18.3f} {score:15.3f}")
-    print(f"device {device_name()}")
+    print(f"device {device_name(args.device)} ({args.dtype})")
     for name, value in figures.items():
         print(f"{name} {value:.4g}")
 

@@ -37,9 +37,9 @@ from umm_harness.requests import InferenceParams
 REPO = Path(__file__).resolve().parents[1]
 
 
-def device_name() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
+def device_name(device: str = "cpu") -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
@@ -119,6 +119,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=120, help="shapes samples per eval")
     parser.add_argument("--requests", type=int, default=40, help="requests for the serving figure")
+    gpu = torch.cuda.is_available()
+    parser.add_argument("--device", default="cuda" if gpu else "cpu", help="default: cuda when present")
+    parser.add_argument("--dtype", default="bfloat16" if gpu else "float32", help="default: bfloat16 on cuda")
     args = parser.parse_args()
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
@@ -132,8 +135,10 @@ def main() -> None:
         os.chdir(work)
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         mlflow.set_experiment("umm-eval")  # creating the store (schema migrations) is set-up, not overhead
-        backbone = build_tiny(work / "home" / "tiny" / "janus-pro")
-        recipe = EvalRecipe(limit=args.samples, batch_size=16, threads=1)
+        folder = work / "home" / "tiny" / "janus-pro"
+        build_tiny(folder)
+        backbone = JanusPro.load(str(folder), dtype=args.dtype, device=args.device)
+        recipe = EvalRecipe(limit=args.samples, batch_size=16, threads=1, device=args.device, dtype=args.dtype)
 
         # 1. harness overhead: the whole `umm eval` vs a bare loop of the same adapter calls.
         samples = limit_samples(ShapesTask().samples(), args.samples)
@@ -185,7 +190,8 @@ def main() -> None:
             shutil.rmtree(work / "home" / "cache", ignore_errors=True)
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "umm_harness", "eval", "--limit", str(args.samples * 2),
-                            "--batch-size", "8", "--nproc", str(nproc), "--threads", "1"],
+                            "--batch-size", "8", "--nproc", str(nproc), "--threads", "1",
+                            "--device", args.device, "--dtype", args.dtype],
                            check=True, capture_output=True, env={**os.environ, "CI": "1"})
             timings[nproc] = time.perf_counter() - start
         figures["dp2_speedup"] = timings[1] / timings[2]
@@ -202,9 +208,9 @@ def main() -> None:
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     mlflow.set_experiment("umm-benchmarks")
     with mlflow.start_run(run_name="bench_harness"):
-        mlflow.set_tags({"device": device_name(), "samples": str(args.samples)})
+        mlflow.set_tags({"device": device_name(args.device), "dtype": args.dtype, "samples": str(args.samples)})
         mlflow.log_metrics(figures)
-    print(f"device {device_name()}")
+    print(f"device {device_name(args.device)} ({args.dtype})")
     for name, value in figures.items():
         print(f"{name} {value:.4g}")
 
