@@ -30,7 +30,7 @@ import transformers
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' fixture builders
 
-from benchmarks.bench_harness import device_name  # noqa: E402
+from benchmarks.bench_harness import add_device_arguments, device_name  # noqa: E402
 from model_flavors.janus import build_tiny  # noqa: E402
 from tasks import dpg_bench as dpg_module  # noqa: E402
 from tasks.benchmark_files import git_blob_sha1  # noqa: E402
@@ -58,9 +58,7 @@ def data_dirs(work: Path) -> dict[str, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=6, help="items per benchmark")
-    gpu = torch.cuda.is_available()
-    parser.add_argument("--device", default="cuda" if gpu else "cpu", help="generator's device (default: cuda when present)")
-    parser.add_argument("--dtype", default="bfloat16" if gpu else "float32", help="default: bfloat16 on cuda")
+    add_device_arguments(parser)  # the generator's; the tiny scorers and judge pick their own
     args = parser.parse_args()
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()

@@ -37,6 +37,13 @@ from umm_harness.requests import InferenceParams
 REPO = Path(__file__).resolve().parents[1]
 
 
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--device` / `--dtype`: the GPU in bf16 when there is one, so the GPU paths are what is measured."""
+    gpu = torch.cuda.is_available()
+    parser.add_argument("--device", default="cuda" if gpu else "cpu", help="default: cuda when present")
+    parser.add_argument("--dtype", default="bfloat16" if gpu else "float32", help="default: bfloat16 on cuda")
+
+
 def device_name(device: str = "cpu") -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
@@ -119,9 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=120, help="shapes samples per eval")
     parser.add_argument("--requests", type=int, default=40, help="requests for the serving figure")
-    gpu = torch.cuda.is_available()
-    parser.add_argument("--device", default="cuda" if gpu else "cpu", help="default: cuda when present")
-    parser.add_argument("--dtype", default="bfloat16" if gpu else "float32", help="default: bfloat16 on cuda")
+    add_device_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
