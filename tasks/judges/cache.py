@@ -15,7 +15,9 @@ import hashlib
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tasks.judges.base import Judge
 from umm_harness.cache import umm_home
@@ -71,6 +73,23 @@ class JudgeCache:
                 [(judge_id, digest, settings, reply, now) for digest, reply in replies.items()],
             )
 
+    def answer(self, judge_id: str, digests: list[str], items: Sequence[Any], settings: str,
+               ask: Callable[[list[Any]], list[str]]) -> tuple[list[str], int, int]:
+        """One reply per item: read from the cache where there is one, the rest from a single `ask`
+        call and stored. Returns the replies in order, how many were cached and how many were asked."""
+        known = self.get(judge_id, digests, settings)
+        missing = {digest: item for digest, item in zip(digests, items) if digest not in known}
+        hits = sum(digest in known for digest in digests)
+        if missing:
+            asked = list(missing.values())
+            replies = ask(asked)
+            if len(replies) != len(asked):
+                raise RuntimeError(f"judge {judge_id} returned {len(replies)} replies for {len(asked)} requests")
+            new = {digest: str(reply) for digest, reply in zip(missing, replies)}
+            self.put(judge_id, new, settings)
+            known.update(new)
+        return [known[digest] for digest in digests], hits, len(missing)
+
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
@@ -97,22 +116,15 @@ class CachedJudge:
         return self.inner.id
 
     def complete(self, prompts: list[str], max_tokens: int, temperature: float = 0.0, *, attempt: int = 0) -> list[str]:
-        settings = settings_key(max_tokens, temperature, attempt)
-        hashes = [prompt_sha256(prompt) for prompt in prompts]
-        known = self.cache.get(self.id, hashes, settings)
-        missing = {digest: prompt for digest, prompt in zip(hashes, prompts) if digest not in known}
-        self.hits += sum(digest in known for digest in hashes)
-        if missing:
-            asked = list(missing.values())
-            replies = self.inner.complete(asked, max_tokens, temperature)
-            if len(replies) != len(asked):
-                raise RuntimeError(f"judge {self.id} returned {len(replies)} replies for {len(asked)} prompts")
+        replies, hits, asked = self.cache.answer(
+            self.id, [prompt_sha256(prompt) for prompt in prompts], prompts,
+            settings_key(max_tokens, temperature, attempt),
+            lambda missing: self.inner.complete(missing, max_tokens, temperature))
+        self.hits += hits
+        if asked:
             self.backend_calls += 1
-            self.backend_prompts += len(asked)
-            new = {digest: str(reply) for digest, reply in zip(missing, replies)}
-            self.cache.put(self.id, new, settings)
-            known.update(new)
-        return [known[digest] for digest in hashes]
+            self.backend_prompts += asked
+        return replies
 
 
 def cached(judge: Judge, folder: Path | str | None = None) -> CachedJudge:

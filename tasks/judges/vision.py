@@ -230,22 +230,15 @@ class CachedVisionJudge:
 
     def chat(self, requests: Sequence[VisionRequest], max_tokens: int, temperature: float = 0.0, *,
              attempt: int = 0) -> list[str]:
-        settings = "vision;" + settings_key(max_tokens, temperature, attempt)
-        digests = [request.digest() for request in requests]
-        known = self.cache.get(self.id, digests, settings)
-        missing = {d: r for d, r in zip(digests, requests) if d not in known}
-        self.hits += sum(d in known for d in digests)
-        if missing:
-            asked = list(missing.values())
-            replies = self.inner.chat(asked, max_tokens, temperature)
-            if len(replies) != len(asked):
-                raise RuntimeError(f"judge {self.id} returned {len(replies)} replies for {len(asked)} requests")
+        replies, hits, asked = self.cache.answer(
+            self.id, [request.digest() for request in requests], requests,
+            "vision;" + settings_key(max_tokens, temperature, attempt),
+            lambda missing: self.inner.chat(missing, max_tokens, temperature))
+        self.hits += hits
+        if asked:
             self.backend_calls += 1
-            self.backend_requests += len(asked)
-            new = {d: str(reply) for d, reply in zip(missing, replies)}
-            self.cache.put(self.id, new, settings)
-            known.update(new)
-        return [known[d] for d in digests]
+            self.backend_requests += asked
+        return replies
 
 
 def as_vision_judge(judge: Any, cache_dir: Path | str | None = None) -> CachedVisionJudge:
