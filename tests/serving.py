@@ -1,5 +1,6 @@
-"""A real `mlflow models serve` process for tests: started on a free 127.0.0.1 port, stopped after.
-(The local judge server has its own starter: `tasks.judges.server.running`.)"""
+"""Real server processes for tests: `mlflow models serve` and `mlflow ui` on a free 127.0.0.1 port,
+each in its own process group, stopped after. (The local judge server has its own starter:
+`tasks.judges.server.running`.)"""
 
 from __future__ import annotations
 
@@ -15,39 +16,54 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks.judges.server import free_port
+from umm_harness.tracking_server import free_port
 
 
 @contextmanager
-def served(model: str, cwd: Path, timeout_s: float = 180) -> Iterator[str]:
-    """The base URL of `mlflow models serve -m <model>` once it answers /ping."""
+def mlflow_process(args: list[str], cwd: Path, ready_path: str, *, env: dict[str, str] | None = None,
+                   timeout_s: float = 180) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`mlflow <args> --host 127.0.0.1 --port <free> --workers 1`, logging to a file in `cwd`;
+    yields (base URL, process) once GET `ready_path` answers 200, and stops the process group after."""
     port = free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    process = subprocess.Popen(
-        ["mlflow", "models", "serve", "-m", model, "--env-manager", "local", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, **(env or {}), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = cwd / f"mlflow-{args[0]}-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(bin_dir / "mlflow"), *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout_s
         while True:
             if process.poll() is not None:
-                pytest.fail(f"server exited early:\n{process.stdout.read().decode()[-3000:]}")
+                pytest.fail(f"mlflow {args[0]} exited ({process.returncode}):\n{log.read_text()[-3000:]}")
             try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                if requests.get(f"{url}{ready_path}", timeout=2).status_code == 200:
                     break
             except requests.ConnectionError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server did not answer /ping within {timeout_s:.0f} s")
-                time.sleep(0.5)
-        yield url
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow {args[0]} did not answer within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url, process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
         try:
+            os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=20)
+        except ProcessLookupError:
+            pass
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextmanager
+def served(model: str, cwd: Path, timeout_s: float = 180) -> Iterator[str]:
+    """The base URL of `mlflow models serve -m <model>` once it answers /ping."""
+    with mlflow_process(["models", "serve", "-m", model, "--env-manager", "local"], cwd, "/ping",
+                        timeout_s=timeout_s) as (url, _):
+        yield url
 
 
 def invoke(url: str, records: list[dict], params: dict | None = None) -> requests.Response:

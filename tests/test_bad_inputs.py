@@ -17,10 +17,7 @@ import base64
 import io
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +35,12 @@ from tasks.base import Sample, Task
 from tasks.judges.base import JudgeConfig
 from tasks.shapes import ShapesTask
 from tests.conftest import _forget_mlflow_state
+from tests.serving import mlflow_process
 from umm_harness.cache import safe_name
 from umm_harness.cli import main
 from umm_harness.config import EvalRecipe
 from umm_harness.evaluate import evaluate
 from umm_harness.requests import InferenceParams
-from umm_harness.tracking_server import free_port
 
 # Hypothesis keeps caches in ./.hypothesis by default: keep them out of the working tree.
 hypothesis.configuration.set_hypothesis_home_dir(Path(os.environ.get("TMPDIR", "/tmp")) / "umm-hypothesis")
@@ -512,8 +509,6 @@ def test_safe_name_is_a_plain_file_name_for_any_id(sample_id):
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_janus):
     """`mlflow models serve` of the tiny Janus-Pro on 127.0.0.1 (its own store)."""
-    import requests
-
     from model_flavors import flavor
 
     root = tmp_path_factory.mktemp("serve_bad")
@@ -527,35 +522,9 @@ def served(tmp_path_factory, tiny_janus):
         with mlflow.start_run():
             flavor.log_model(tiny_janus, registered_model_name="janus-pro-tiny")
         _forget_mlflow_state()
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    log = root / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            ["mlflow", "models", "serve", "-m", "models:/janus-pro-tiny/1", "--env-manager", "local",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow models serve exited:\n{log.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail("mlflow models serve did not answer within 180 s")
-        time.sleep(0.5)
-    yield url, process
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    with mlflow_process(["models", "serve", "-m", "models:/janus-pro-tiny/1", "--env-manager", "local"], root,
+                        "/ping", env={"MLFLOW_TRACKING_URI": uri}) as served:
+        yield served
 
 
 def _rss_mb(process: subprocess.Popen) -> float:

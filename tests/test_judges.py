@@ -8,7 +8,6 @@ class implementing the Judge interface with scripted replies.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from tasks.judges import (
     CachedJudge,
     FixedReplyLength,
     Judge,
-    JudgeConfig,
     JudgeFailure,
     JudgeUnavailable,
     ParseError,
@@ -36,8 +34,9 @@ from tasks.judges.openai_backend import OpenAIJudge, normalize_base_url
 from tasks.judges.tiny import build_tiny_judge, build_tiny_vision_judge
 from tasks.judges.transformers_backend import TransformersJudge
 from tasks.judges.vision import OpenAIVisionJudge, TransformersVisionJudge, VisionRequest, data_url
-from tasks.judges.server import free_port, running
+from tasks.judges.server import running
 from umm_harness.errors import ConfigError
+from umm_harness.tracking_server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-0123456789-do-not-log"

@@ -8,18 +8,13 @@ background connections are refused, many at a time, and slow every page down.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
 
-from umm_harness.tracking_server import free_port
+from tests.serving import mlflow_process
 
 CHROMIUM = Path(os.environ.get("UMM_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_FLAGS = [
@@ -46,39 +41,9 @@ def require_chromium() -> None:
 @contextmanager
 def mlflow_ui(backend_store_uri: str, cwd: Path, timeout: float = 120) -> Iterator[str]:
     """`mlflow ui` on 127.0.0.1 (one worker, no job runners) for as long as the block runs."""
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = cwd / "mlflow-ui.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", backend_store_uri,
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow ui exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow ui did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
+    with mlflow_process(["ui", "--backend-store-uri", backend_store_uri], cwd, "/health",
+                        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, timeout_s=timeout) as (url, _):
         yield url
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=20)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @contextmanager

@@ -21,7 +21,6 @@ import binascii
 import hmac
 import io
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -163,18 +162,14 @@ def create_app(judge: Any, served_model_name: str, api_key: str | None = None,
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def running(model: str | Path, log_path: Path, *, name: str, api_key: str | None = None, threads: int = 1,
             timeout_s: float = 90) -> Iterator[str]:
     """This server in a child process on a free port; yields its base URL (…/v1) once it answers,
     and stops it after. A server that exits or stays silent is a `RuntimeError` with its log's tail."""
     import requests
+
+    from umm_harness.tracking_server import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "tasks.judges.server", "--model", str(model), "--port", str(port),
