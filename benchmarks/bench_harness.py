@@ -13,7 +13,6 @@ import argparse
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,8 @@ from tasks.shapes import ShapesTask
 from umm_harness import evaluate as evaluate_module
 from umm_harness.config import EvalRecipe
 from umm_harness.runner import request_for, limit_samples
-from umm_harness.requests import InferenceParams
+from umm_harness.core.ports import free_port
+from umm_harness.core.requests import InferenceParams
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,12 +80,6 @@ def throughput(backbone: JanusPro, kind: str, batch: int, total: int) -> float:
     return len(requests_) / (time.perf_counter() - start)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def serve_ratio(model_uri: str, rows: list[dict], count: int) -> tuple[float, float]:
     """(requests/s through `mlflow models serve`, requests/s of direct pyfunc predict)."""
     direct_model = mlflow.pyfunc.load_model(model_uri)
@@ -96,7 +90,7 @@ def serve_ratio(model_uri: str, rows: list[dict], count: int) -> tuple[float, fl
         direct_model.predict(frame)
     direct = count / (time.perf_counter() - start)
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     server = subprocess.Popen(["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local", "--host",
                                "127.0.0.1", "--port", str(port), "--workers", "1"],

@@ -58,9 +58,9 @@ from typing import Any, ClassVar, Protocol
 from PIL import Image
 
 from model_flavors.vllm_omni import VllmOmniClient, image_part, text_part
-from umm_harness.backbone import Backbone, ModelInfo
-from umm_harness.errors import ConfigError
-from umm_harness.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
+from umm_harness.core.backbone import Backbone, ModelInfo
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
 log = logging.getLogger(__name__)
 

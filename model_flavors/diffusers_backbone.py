@@ -31,9 +31,9 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 
-from umm_harness.backbone import Backbone, ModelInfo, require_safetensors
-from umm_harness.errors import ConfigError
-from umm_harness.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
+from umm_harness.core.backbone import Backbone, ModelInfo, require_safetensors
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -254,7 +254,7 @@ def _tiny_components(seed: int, unet_in_channels: int) -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from model_flavors.tiny_tokenizer import train_tiny_tokenizer
+    from umm_harness.core.tiny_tokenizer import train_tiny_tokenizer
 
     tokenizer = train_tiny_tokenizer(
         {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}

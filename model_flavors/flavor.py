@@ -37,10 +37,10 @@ from mlflow.types.schema import Array
 from pydantic import ValidationError
 
 import model_flavors
-import umm_harness
 from model_flavors.registry import backbone_class
-from umm_harness.backbone import Backbone
-from umm_harness.requests import InferenceParams, InferenceRequest, encode_png
+from umm_harness import core
+from umm_harness.core.backbone import Backbone
+from umm_harness.core.requests import InferenceParams, InferenceRequest, encode_png
 
 FLAVOR_NAME = "umm"
 _WEIGHTS_DIR = "weights"
@@ -94,8 +94,8 @@ def reference_digest(source: str, revision: str | None) -> str:
 
 
 def _copy_code(destination: Path) -> None:
-    for package in (umm_harness, model_flavors):
-        package_dir = Path(package.__file__).parent
+    # The whole `umm_harness` package travels (its `core` is what adapters import).
+    for package_dir in (Path(core.__file__).parent.parent, Path(model_flavors.__file__).parent):
         shutil.copytree(package_dir, destination / package_dir.name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
@@ -141,7 +141,7 @@ def save_model(
         dtype=backbone.info.dtype,
         weights=_WEIGHTS_DIR if copy_weights else None,
         weights_digest=digest,
-        harness_version=umm_harness.__version__,
+        harness_version=core.__version__,
         code=_CODE_DIR,
     )
     mlflow_model.save(path / "MLmodel")

@@ -29,10 +29,10 @@ from transformers import (
 )
 
 from model_flavors import janus_presets
-from model_flavors.tiny_tokenizer import train_tiny_tokenizer
-from umm_harness.acceleration import compile_forward, select_attn_implementation
-from umm_harness.backbone import Backbone, ModelInfo, require_safetensors
-from umm_harness.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
+from umm_harness.core.tiny_tokenizer import train_tiny_tokenizer
+from umm_harness.core.acceleration import compile_forward, select_attn_implementation
+from umm_harness.core.backbone import Backbone, ModelInfo, require_safetensors
+from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

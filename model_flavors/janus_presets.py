@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from umm_harness.requests import InferenceParams
+from umm_harness.core.requests import InferenceParams
 
 BACKBONE = "janus_pro"  # the registry key of the adapter every preset uses
 

@@ -6,8 +6,8 @@ import importlib
 import json
 from pathlib import Path
 
-from umm_harness.backbone import Backbone
-from umm_harness.errors import ConfigError
+from umm_harness.core.backbone import Backbone
+from umm_harness.core.errors import ConfigError
 
 BACKBONES: dict[str, str] = {
     "janus_pro": "model_flavors.janus:JanusPro",

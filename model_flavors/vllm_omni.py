@@ -31,8 +31,8 @@ from typing import Any
 import requests
 from PIL import Image
 
-from umm_harness.errors import ConfigError
-from umm_harness.requests import decode_image, encode_png
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import decode_image, encode_png
 
 API_VERSION = "vllm-omni 0.2x OpenAI-compatible API (/v1/models, /v1/chat/completions)"
 DEFAULT_TIMEOUT_S = float(os.environ.get("UMM_VLLM_OMNI_TIMEOUT", "900"))

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from umm_harness.requests import InferenceRequest
+from umm_harness.core.requests import InferenceRequest
 
 
 class Sample(BaseModel):

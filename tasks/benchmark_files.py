@@ -28,8 +28,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from umm_harness.cache import umm_home
-from umm_harness.errors import ConfigError
+from umm_harness.core.home import umm_home
+from umm_harness.core.errors import ConfigError
 
 
 class BenchmarkFile(BaseModel):

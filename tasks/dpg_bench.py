@@ -59,7 +59,7 @@ from tasks.scorers.dpg_rules import (
     tile_2x2,
 )
 from tasks.scorers.vqa import make_vqa, vqa_scorer_id
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 
 COMMIT = "3c228f1dc6c4d3cad0a47493816151a419f14db3"
 QUESTIONS = BenchmarkFile(

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 
 Row = dict[str, Any]
 

@@ -54,8 +54,8 @@ from tasks.scorers.mm_vet_rules import (
     parse_score,
     percent,
 )
-from umm_harness.cache import umm_home
-from umm_harness.errors import ConfigError
+from umm_harness.core.home import umm_home
+from umm_harness.core.errors import ConfigError
 
 HUB_ID = "lmms-lab/MMVet"
 SPLIT = "test"

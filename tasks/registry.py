@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.base import Task
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 
 TASKS: dict[str, str] = {
     "shapes": "tasks.shapes:ShapesTask",

@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from tasks.base import Output, Sample, Task
 from tasks.scorers.geneval_rules import RELATIONS, Detection, judge, summarize
-from umm_harness.seeding import sample_seed
+from umm_harness.core.seeding import sample_seed
 
 Split = Literal["train", "test"]
 

@@ -68,8 +68,8 @@ from tasks.base import Output, Sample, Task
 from tasks.judges.parsing import ONE_RETRY
 from tasks.scorers import uni_mmmu_rules as rules
 from tasks.judges.vision import LazyVisionJudge, VisionRequest, vision_judge_all
-from umm_harness.cache import umm_home
-from umm_harness.errors import ConfigError
+from umm_harness.core.home import umm_home
+from umm_harness.core.errors import ConfigError
 
 HUB_ID = "Vchitect/Uni-MMMU-Eval"
 ARCHIVE = "data.tar"

@@ -48,7 +48,7 @@ from tasks.scorers.wise_rules import (
     record_scores,
     summarize,
 )
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 
 COMMIT = "5e5e1342aeae96c026b0eace536ad94dda36c7c5"
 _RAW = f"https://raw.githubusercontent.com/PKU-YuanGroup/WISE/{COMMIT}/data"

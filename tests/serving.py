@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from umm_harness.tracking_server import free_port
+from umm_harness.core.ports import free_port
 
 
 @contextmanager

@@ -18,10 +18,10 @@ from model_flavors.janus import JanusPro
 from tasks.shapes import ShapesTask
 from tests.test_cli_errors import _one_line_error, _run_in_process
 from tests.test_emu3 import tiny_dir
-from umm_harness.acceleration import flash_attn_installed, select_attn_implementation
+from umm_harness.core.acceleration import flash_attn_installed, select_attn_implementation
 from umm_harness.config import load_recipe
-from umm_harness.errors import ConfigError
-from umm_harness.requests import InferenceParams
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import InferenceParams
 from umm_harness.runner import limit_samples, request_for
 
 needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="describes a machine without a CUDA GPU")

@@ -25,7 +25,7 @@ from tests.conftest import REPO
 from tests.serving import invoke, served
 from umm_harness.config import EvalRecipe
 from umm_harness.evaluate import evaluate
-from umm_harness.requests import InferenceParams, decode_image, encode_png
+from umm_harness.core.requests import InferenceParams, decode_image, encode_png
 
 SCENE = encode_png(Image.new("RGB", (64, 64), "red"))
 

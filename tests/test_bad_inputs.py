@@ -40,7 +40,7 @@ from umm_harness.cache import safe_name
 from umm_harness.cli import main
 from umm_harness.config import EvalRecipe
 from umm_harness.evaluate import evaluate
-from umm_harness.requests import InferenceParams
+from umm_harness.core.requests import InferenceParams
 
 # Hypothesis keeps caches in ./.hypothesis by default: keep them out of the working tree.
 hypothesis.configuration.set_hypothesis_home_dir(Path(os.environ.get("TMPDIR", "/tmp")) / "umm-hypothesis")
@@ -247,7 +247,7 @@ def test_compare_and_promote_recipes_name_the_bad_field(workspace, capsys, comma
 def test_train_recipes_name_the_bad_field(mutation):
     pytest.importorskip("deepspeed")
     from training.recipe import train_recipe
-    from umm_harness.errors import ConfigError
+    from umm_harness.core.errors import ConfigError
 
     key, value = mutation
     with pytest.raises(ConfigError) as error:

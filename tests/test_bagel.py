@@ -40,9 +40,9 @@ from model_flavors.bagel import (
     translate,
 )
 from model_flavors.vllm_omni import VllmOmniClient, VllmOmniError
-from umm_harness.backbone import ModelInfo, UnsupportedTask
-from umm_harness.errors import ConfigError
-from umm_harness.requests import InferenceParams, InferenceRequest
+from umm_harness.core.backbone import ModelInfo, UnsupportedTask
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import InferenceParams, InferenceRequest
 
 INFO = ModelInfo(backbone="bagel", source="ByteDance-Seed/BAGEL-7B-MoT", dtype="bfloat16")
 

@@ -4,7 +4,7 @@ import pytest
 
 from tasks.base import Sample, Task
 from umm_harness.compare import Comparison, Delta, paired_bootstrap
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 from umm_harness.promote import Gate, Requirement, _judge
 
 

@@ -14,9 +14,9 @@ from model_flavors.diffusers_backbone import (
     build_tiny_editing,
     pipeline_capabilities,
 )
-from umm_harness.backbone import ModelInfo, UnsupportedTask
-from umm_harness.errors import ConfigError
-from umm_harness.requests import InferenceParams, InferenceRequest
+from umm_harness.core.backbone import ModelInfo, UnsupportedTask
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import InferenceParams, InferenceRequest
 
 
 def tiny_dir(tmp_path_factory, name: str, builder) -> Path:

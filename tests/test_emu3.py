@@ -8,8 +8,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from model_flavors.emu3 import CHAT_SUBFOLDER, EOL_TOKEN, Emu3, Emu3ImageGridLogitsProcessor, build_tiny
-from umm_harness.backbone import UnsupportedTask
-from umm_harness.requests import InferenceRequest
+from umm_harness.core.backbone import UnsupportedTask
+from umm_harness.core.requests import InferenceRequest
 
 
 def tiny_dir(tmp_path_factory, name: str, builder) -> Path:

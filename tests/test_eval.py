@@ -20,7 +20,7 @@ from tasks import registry as task_registry
 from tasks.base import Sample, Task
 from tasks.shapes import ShapesTask
 from tests.conftest import REPO
-from umm_harness.cache import umm_home
+from umm_harness.core.home import umm_home
 from umm_harness.config import EvalRecipe
 from umm_harness.evaluate import evaluate
 from umm_harness.tracking import official
@@ -237,7 +237,7 @@ def test_generate_then_score_reads_logged_images_and_never_regenerates(workspace
 
 
 def test_score_without_a_generate_run_is_a_config_error(workspace):
-    from umm_harness.errors import ConfigError
+    from umm_harness.core.errors import ConfigError
 
     evaluate(EvalRecipe(limit=LIMIT, stage="generate"))
     with pytest.raises(ConfigError, match="no finished generate run"):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from model_flavors import flavor
 from tests.conftest import REPO
-from umm_harness.requests import decode_image, encode_png
+from umm_harness.core.requests import decode_image, encode_png
 
 ROWS = pd.DataFrame([
     {"task": "understanding", "prompt": "Is there a red circle?", "images": []},

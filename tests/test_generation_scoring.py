@@ -31,7 +31,7 @@ from tests.tiny_scorers import (
     paint,
     scene_image,
 )
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 
 CLASSNAMES = fetch_object_names(SHARED_DATA / "geneval")
 IDX = {name: i for i, name in enumerate(CLASSNAMES)}

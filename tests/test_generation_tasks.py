@@ -47,7 +47,7 @@ from tests.tiny_scorers import (
     build_tiny_mask2former,
     paint,
 )
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 from umm_harness.runner import limit_samples
 
 GENEVAL = SHARED_DATA / "geneval"

@@ -18,8 +18,8 @@ from mlflow import MlflowClient
 
 from model_flavors.janus import JanusPro
 from tests.test_acceleration import _requests
-from umm_harness.acceleration import flash_attn_installed
-from umm_harness.cache import umm_home
+from umm_harness.core.acceleration import flash_attn_installed
+from umm_harness.core.home import umm_home
 from umm_harness.config import EvalRecipe
 from umm_harness.evaluate import evaluate
 

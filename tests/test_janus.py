@@ -6,9 +6,9 @@ from PIL import Image, ImageDraw
 
 from model_flavors.janus import JanusPro, build_tiny
 from model_flavors.registry import backbone_class, infer_backbone
-from umm_harness.backbone import UnsupportedTask
-from umm_harness.errors import ConfigError
-from umm_harness.requests import InferenceRequest
+from umm_harness.core.backbone import UnsupportedTask
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import InferenceRequest
 
 
 def _scene(color: str, size: int = 96) -> Image.Image:

@@ -35,8 +35,8 @@ from tasks.judges.tiny import build_tiny_judge, build_tiny_vision_judge
 from tasks.judges.transformers_backend import TransformersJudge
 from tasks.judges.vision import OpenAIVisionJudge, TransformersVisionJudge, VisionRequest, data_url
 from tasks.judges.server import running
-from umm_harness.errors import ConfigError
-from umm_harness.tracking_server import free_port
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-0123456789-do-not-log"

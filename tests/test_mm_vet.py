@@ -31,7 +31,7 @@ from tasks.scorers.mm_vet_rules import (
 )
 from tests.fixtures_hub import CORRUPT, IMAGE, _write, image
 from tests.test_judges import JUDGE_ENV, SECRET, StandInJudge
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 
 MMVET_SCHEMA = pa.schema([("question_id", pa.string()), ("image", IMAGE), ("question", pa.string()),
                           ("answer", pa.string()), ("image_source", pa.string()), ("capability", pa.string())])

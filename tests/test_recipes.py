@@ -34,7 +34,7 @@ def test_shipped_recipe_is_valid(path):
 
 
 def test_a_judge_block_is_validated_with_the_recipe(tmp_path):
-    from umm_harness.errors import ConfigError
+    from umm_harness.core.errors import ConfigError
 
     recipe = tmp_path / "eval_bad_judge.yaml"
     recipe.write_text("suite: mm_vet\njudge:\n  backend: telepathy\n")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from umm_harness.requests import InferenceParams, InferenceRequest, decode_image, encode_png
+from umm_harness.core.requests import InferenceParams, InferenceRequest, decode_image, encode_png
 
 
 def _png_b64(color="red") -> str:

@@ -5,7 +5,7 @@ import pytest
 
 from model_flavors import flavor
 from tests.serving import invoke, served
-from umm_harness.requests import decode_image, encode_png
+from umm_harness.core.requests import decode_image, encode_png
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from model_flavors import flavor
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 
 NAME = "janus-pro-tiny"
 
@@ -62,7 +62,7 @@ def _logits(backbone) -> torch.Tensor:
 
 
 def _answer(backbone) -> str:
-    from umm_harness.requests import InferenceRequest
+    from umm_harness.core.requests import InferenceRequest
 
     _, image = _probe_inputs(backbone)
     return backbone.understand([InferenceRequest(task="understanding", prompt="What color is the square?",

@@ -13,7 +13,7 @@ from tasks.scorers.mmmu_rules import SUBJECTS
 from tests.fixtures_hub import write_mathvista, write_mmbench, write_mme, write_mmmu
 from tests.test_mm_vet import write_mmvet
 from umm_harness.config import EvalRecipe
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 from umm_harness.evaluate import evaluate
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from tasks.mme import MMETask
 from tasks.mmmu import MMMUTask
 from tasks.scorers.mmmu_rules import SUBJECTS
 from tests.fixtures_hub import write_mathvista, write_mmbench, write_mme, write_mmmu
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 
 
 def run(task: Task, samples: list[Sample], replies: dict[str, str]) -> tuple[dict, dict[str, float]]:

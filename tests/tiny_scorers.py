@@ -53,7 +53,7 @@ def build_tiny_clip(seed: int = 0) -> tuple[Any, Any]:
     """A tiny `CLIPModel` (32 px images) and a locally trained byte-level tokenizer for it."""
     from transformers import CLIPConfig, CLIPModel
 
-    from model_flavors.tiny_tokenizer import train_tiny_tokenizer
+    from umm_harness.core.tiny_tokenizer import train_tiny_tokenizer
 
     tokenizer = train_tiny_tokenizer({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
                                       "pad_token": "<|pad|>"})
@@ -73,7 +73,7 @@ def build_tiny_blip(seed: int = 0) -> tuple[Any, Any]:
     """A tiny `BlipForQuestionAnswering` (32 px images) and its `BlipProcessor` (PIL image processor)."""
     from transformers import BlipConfig, BlipForQuestionAnswering, BlipImageProcessorPil, BlipProcessor
 
-    from model_flavors.tiny_tokenizer import train_tiny_tokenizer
+    from umm_harness.core.tiny_tokenizer import train_tiny_tokenizer
 
     tokenizer = train_tiny_tokenizer({"bos_token": "[DEC]", "eos_token": "[SEP]", "pad_token": "[PAD]",
                                       "cls_token": "[CLS]", "sep_token": "[SEP]", "unk_token": "[UNK]"})

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from training.recipe import DataSettings
-from umm_harness.seeding import sample_seed
+from umm_harness.core.seeding import sample_seed
 
 IGNORE = -100  # label of tokens that carry no loss
 

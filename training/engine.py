@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from typing import Any
 import psutil
 import torch
 
+from umm_harness.core.ports import free_port
 from training.data import StepOrder, TokenSet
 from training.recipe import TrainRecipe
 
@@ -70,7 +70,7 @@ def resolve_device(recipe: TrainRecipe) -> str:
     if recipe.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if recipe.device == "cuda" and not torch.cuda.is_available():
-        from umm_harness.errors import ConfigError
+        from umm_harness.core.errors import ConfigError
 
         raise ConfigError("device 'cuda' was asked for, but torch sees no GPU")
     return recipe.device
@@ -78,12 +78,6 @@ def resolve_device(recipe: TrainRecipe) -> str:
 
 def use_bf16(recipe: TrainRecipe, device: str) -> bool:
     return recipe.precision == "bf16" or (recipe.precision == "auto" and device == "cuda")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 _DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from training.engine import free_port
+from umm_harness.core.ports import free_port
 from training.recipe import TrainRecipe
 
 

@@ -32,7 +32,7 @@ def prepare(model: nn.Module, recipe: TrainRecipe) -> PeftModel:
     try:
         return get_peft_model(model, lora_config(recipe))
     except ValueError as exc:  # e.g. target modules that match nothing
-        from umm_harness.errors import ConfigError
+        from umm_harness.core.errors import ConfigError
 
         raise ConfigError(f"lora.target_modules: {str(exc).splitlines()[0]}") from None
 

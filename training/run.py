@@ -46,9 +46,9 @@ from training import engine as train_engine
 from training import export, lora, reca, sft
 from training.objectives import TrainingModule
 from training.recipe import TrainRecipe
-from umm_harness.cache import umm_home
+from umm_harness.core.home import umm_home
 from umm_harness.config import flatten
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 from umm_harness.model_registry import DIGEST_TAG
 from umm_harness.tracking import git_commit, log_batch
 

@@ -1,3 +1,5 @@
 """umm-harness: evaluation and post-training of unified multimodal models on MLflow."""
 
-__version__ = "0.1.0"
+from umm_harness.core import __version__
+
+__all__ = ["__version__"]

@@ -31,15 +31,11 @@ from pydantic import BaseModel, Field
 
 import tasks
 from tasks.base import Output, Task
+from umm_harness.core.home import umm_home
 
 log = logging.getLogger(__name__)
 
 _WRITERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="umm-png")  # zlib releases the GIL
-
-
-def umm_home() -> Path:
-    """Where tiny models and caches live (`UMM_HOME`, default ~/.cache/umm-harness)."""
-    return Path(os.environ.get("UMM_HOME", Path.home() / ".cache" / "umm-harness")).expanduser()
 
 
 def safe_name(sample_id: str) -> str:

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from umm_harness.backbone import UnsupportedTask
-from umm_harness.errors import ConfigError
+from umm_harness.core.backbone import UnsupportedTask
+from umm_harness.core.errors import ConfigError
 
 log = logging.getLogger("umm_harness")
 
@@ -141,7 +141,7 @@ def infer_command(model: str, backbone: str | None, task_kind: str, prompt: str 
             raise ConfigError(f"--image '{image}' does not exist")
     params = _params({"seed": seed, "guidance_scale": guidance_scale, "max_new_tokens": max_new_tokens})
     try:
-        from umm_harness.requests import InferenceRequest
+        from umm_harness.core.requests import InferenceRequest
 
         request = InferenceRequest(task=task_kind, prompt=prompt, images=[str(p) for p in images], params=params)
     except ValidationError as exc:
@@ -271,7 +271,7 @@ def models_group() -> None:
 def init_tiny(name: str, out: Path | None, seed: int) -> None:
     """Build a tiny random-weight model with a locally trained tokenizer."""
     from model_flavors.registry import tiny_builder
-    from umm_harness.cache import umm_home
+    from umm_harness.core.home import umm_home
 
     folder = out or umm_home() / "tiny" / name
     tiny_builder(name)(folder, seed=seed)

@@ -26,7 +26,7 @@ import umm_harness
 from tasks.base import Sample, Task
 from tasks.registry import suite_benchmarks, task_class
 from umm_harness.config import EvalRecipe, flatten
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 from umm_harness.evaluate import evaluate
 from umm_harness.runner import limit_samples
 from umm_harness.tracking import log_batch, official

@@ -13,9 +13,9 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.judges.base import JudgeConfig
-from umm_harness.acceleration import AttnImplementation
-from umm_harness.errors import ConfigError
-from umm_harness.requests import InferenceParams
+from umm_harness.core.acceleration import AttnImplementation
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import InferenceParams
 
 DEFAULT_MODEL = "tiny:janus-pro"
 

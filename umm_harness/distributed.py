@@ -7,13 +7,14 @@ scores everything and is the only one that talks to MLflow.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from umm_harness.core.ports import free_port
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,8 @@ def current_ranks(device: str = "cpu") -> Ranks:
     return Ranks(rank, world_size)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def relaunch(nproc: int, args: list[str]) -> int:
     """Run `python -m umm_harness <args>` as `nproc` torchrun ranks on this machine; their exit code."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "umm_harness", *args]
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "umm_harness", *args]
     return subprocess.call(command)

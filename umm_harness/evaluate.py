@@ -20,12 +20,13 @@ import umm_harness
 from model_flavors.registry import backbone_class
 from tasks.base import Sample, Task
 from tasks.registry import build_task, suite_benchmarks
-from umm_harness.backbone import LazyBackbone
+from umm_harness.core.backbone import LazyBackbone
 from umm_harness.batch_size import BatchSizer
-from umm_harness.cache import ResultCache, scorer_identity, umm_home
+from umm_harness.cache import ResultCache, scorer_identity
+from umm_harness.core.home import umm_home
 from umm_harness.config import EvalRecipe, flatten
 from umm_harness.distributed import Ranks, current_ranks
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 from umm_harness.model_ref import ResolvedModel, resolve_model, resolve_registered
 from umm_harness.model_registry import ensure_registered
 from umm_harness.runner import BenchmarkResult, pending_outputs, run_benchmark

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 
 from umm_harness.model_ref import resolve_model
-from umm_harness.requests import InferenceRequest, InferenceResult
+from umm_harness.core.requests import InferenceRequest, InferenceResult
 from umm_harness.tracking import log_batch
 
 

@@ -24,10 +24,10 @@ from mlflow.exceptions import MlflowException
 
 from model_flavors import flavor
 from model_flavors.registry import MARKER_FILES, backbone_class, infer_backbone, tiny_builder
-from umm_harness.acceleration import select_attn_implementation
-from umm_harness.backbone import Backbone, LazyBackbone
-from umm_harness.cache import umm_home
-from umm_harness.errors import ConfigError
+from umm_harness.core.acceleration import select_attn_implementation
+from umm_harness.core.backbone import Backbone, LazyBackbone
+from umm_harness.core.home import umm_home
+from umm_harness.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def resolve_model(
     """The model behind `reference`; bad references raise `ConfigError` before loading.
 
     `options` go to the adapter's `load` (e.g. BAGEL's `repo_path`) for checkpoints it loads itself;
-    `attn_implementation` and `compile` to every transformers-based adapter (`umm_harness.acceleration`).
+    `attn_implementation` and `compile` to every transformers-based adapter (`umm_harness.core.acceleration`).
     `lazy`: the weights load on first use (`LazyBackbone`), where the backbone's class allows it.
     """
     options = options or {}

@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, Field
 
 from umm_harness.compare import CompareRecipe, Comparison, compare
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 from umm_harness.tracking import log_batch
 
 CHAMPION = "champion"

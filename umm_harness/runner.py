@@ -19,12 +19,12 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from tasks.base import Sample, Task
-from umm_harness.backbone import Backbone
+from umm_harness.core.backbone import Backbone
 from umm_harness.batch_size import BatchSizer
 from umm_harness.cache import ResultCache
-from umm_harness.errors import ConfigError
-from umm_harness.requests import InferenceParams, InferenceRequest
-from umm_harness.seeding import sample_seed
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import InferenceParams, InferenceRequest
+from umm_harness.core.seeding import sample_seed
 
 log = logging.getLogger(__name__)
 

@@ -32,12 +32,13 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from umm_harness.core.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +51,6 @@ _PG_SYSTEM_USER = "postgres"
 
 class ServerError(RuntimeError):
     """The tracking server (or its database) could not be started or reached."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def postgres_bin_dir() -> Path | None:

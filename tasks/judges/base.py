@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 
 Backend = Literal["openai", "transformers", "vllm"]
 

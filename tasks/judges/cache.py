@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.judges.base import Judge
-from umm_harness.cache import umm_home
+from umm_harness.core.home import umm_home
 
 FILE_NAME = "judge_cache.sqlite"
 

@@ -169,7 +169,7 @@ def running(model: str | Path, log_path: Path, *, name: str, api_key: str | None
     and stops it after. A server that exits or stays silent is a `RuntimeError` with its log's tail."""
     import requests
 
-    from umm_harness.tracking_server import free_port
+    from umm_harness.core.ports import free_port
 
     port = free_port()
     command = [sys.executable, "-m", "tasks.judges.server", "--model", str(model), "--port", str(port),

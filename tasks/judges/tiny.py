@@ -2,7 +2,7 @@
 and a chat VLM (real LLaVA: CLIP vision tower + Llama), each written to a folder as a hub model is.
 
 Same seed, same folder contents. The tokenizer is a byte-level BPE trained locally
-(`model_flavors.tiny_tokenizer`) with ChatML-style turn markers and a chat template, so the
+(`umm_harness.core.tiny_tokenizer`) with ChatML-style turn markers and a chat template, so the
 `transformers` backends, `python -m tasks.judges.server` and vLLM's CPU build all load them as
 they would a hub judge. Head size 64 (vLLM refuses 16) and a long context (judge prompts carry
 few-shot examples). Its replies are random text: tests use it to prove plumbing and the
@@ -28,7 +28,7 @@ def build_tiny_judge(folder: Path | str, *, seed: int = 0, arch: Literal["qwen2"
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    from model_flavors.tiny_tokenizer import train_tiny_tokenizer
+    from umm_harness.core.tiny_tokenizer import train_tiny_tokenizer
 
     folder = Path(folder)
     tokenizer = train_tiny_tokenizer(
@@ -64,7 +64,7 @@ def build_tiny_vision_judge(folder: Path | str, *, seed: int = 0) -> Path:
     import torch
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    from model_flavors.tiny_tokenizer import train_tiny_tokenizer
+    from umm_harness.core.tiny_tokenizer import train_tiny_tokenizer
 
     folder = Path(folder)
     tokenizer = train_tiny_tokenizer({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": "<s>"},

@@ -33,7 +33,7 @@ from PIL import Image
 from tasks.judges.base import JudgeConfig, judge_config, judge_config_from_env, judge_id
 from tasks.judges.cache import JudgeCache, settings_key
 from tasks.judges.parsing import ONE_RETRY, Attempt, Verdict, parse_with_retries
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 
 
 # --- requests and their cache key -----------------------------------------------------------

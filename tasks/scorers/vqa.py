@@ -22,7 +22,7 @@ from PIL import Image
 
 from tasks.judges.base import JudgeConfig, judge_config, judge_id
 from tasks.judges.vision import VisionRequest, make_vision_judge
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 
 DEFAULT_VQA = "Salesforce/blip-vqa-capfilt-large"
 VQA_SUFFIX = " Answer with one word."

@@ -15,7 +15,7 @@ from typing import Literal, get_args
 
 import torch
 
-from umm_harness.errors import ConfigError
+from umm_harness.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from umm_harness.acceleration import ATTN_IMPLEMENTATIONS
-from umm_harness.errors import ConfigError
-from umm_harness.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
+from umm_harness.core.acceleration import ATTN_IMPLEMENTATIONS
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
 
 def require_safetensors(source: str, allow_pickle: bool = False) -> None:
@@ -58,7 +58,7 @@ class Backbone(ABC):
     hub_ids: ClassVar[tuple[str, ...]] = ()
     notes: ClassVar[str] = ""
     pip_requirements: ClassVar[tuple[str, ...]] = ()  # beyond the flavor's base requirements
-    # True when `load()` takes `attn_implementation` and `compile` (umm_harness.acceleration).
+    # True when `load()` takes `attn_implementation` and `compile` (umm_harness.core.acceleration).
     tunable_attention: ClassVar[bool] = False
     # True when an instance can do less than its class says (what it can do is known once loaded).
     per_instance_capabilities: ClassVar[bool] = False
