@@ -54,7 +54,7 @@ def test_saved_model_records_what_it_is(tiny_janus, tmp_path):
     params = {p.name for p in conf.signature.params}
     assert params == {"seed", "guidance_scale", "image_guidance_scale", "steps", "max_new_tokens", "temperature",
                       "image_size"}
-    assert (tmp_path / "m" / "code" / "umm_harness" / "requests.py").is_file()
+    assert (tmp_path / "m" / "code" / "umm_harness" / "core" / "requests.py").is_file()
     with pytest.raises(MlflowException, match="already exists"):
         flavor.save_model(tiny_janus, tmp_path / "m")
 
