@@ -28,21 +28,25 @@ from transformers import (
     LlamaConfig,
 )
 
-from model_flavors import janus_presets
+from torch import nn
+
+from model_flavors import janus_presets, janus_training
 from umm_harness.core.tiny_tokenizer import train_tiny_tokenizer
 from umm_harness.core.acceleration import compile_forward, select_attn_implementation
 from umm_harness.core.backbone import Backbone, ModelInfo, require_safetensors
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
+from umm_harness.core.training import Example, TokenSet, Trainable
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class JanusPro(Backbone):
+class JanusPro(Backbone, Trainable):
     key: ClassVar[str] = "janus_pro"
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation"})
     hub_ids: ClassVar[tuple[str, ...]] = tuple(janus_presets.hub_ids())
     notes: ClassVar[str] = "Janus 1.3B, Janus-Pro 1B and 7B (transformers-format checkpoints)"
     tunable_attention: ClassVar[bool] = True
+    objectives: ClassVar[frozenset[str]] = frozenset({"understanding", "generation", "reconstruction"})
 
     def __init__(self, model: JanusForConditionalGeneration, processor: JanusProcessor, info: ModelInfo):
         self.model = model.eval()
@@ -177,6 +181,34 @@ class JanusPro(Backbone):
             mask = torch.cat([mask, mask.new_ones(2 * batch, 1)], dim=1)
             positions = positions[:, -1:] + 1
         return out_tokens
+
+    # -- training contract (umm_harness.core.training; losses in model_flavors.janus_training) --
+
+    def parameter_groups(self) -> dict[str, list[nn.Module]]:
+        inner = self.model.model
+        return {"image_tokenizer": [inner.vqmodel], "vision_encoder": [inner.vision_model, inner.aligner]}
+
+    def encode(self, examples: list[Example], objective: str, *, prompt: str = "") -> TokenSet:
+        if objective == "understanding":
+            return janus_training.encode_understanding(self, examples)
+        if objective == "generation":
+            return janus_training.encode_generation(self, examples)
+        if objective == "reconstruction":
+            return janus_training.encode_reconstruction(self, examples, prompt)
+        raise ValueError(f"unknown objective '{objective}'")
+
+    def loss(self, model: nn.Module, objective: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return janus_training.loss(model, objective, batch)
+
+    def unconditional_ids(self, input_ids: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """Rows in `drop` keep only BOS and <begin_of_image>, as the sampler's unconditional stream."""
+        tokenizer = self.processor.tokenizer
+        keep = (input_ids == tokenizer.bos_token_id) | (input_ids == tokenizer.convert_tokens_to_ids(tokenizer.boi_token))
+        blanked = torch.where(keep, input_ids, torch.full_like(input_ids, tokenizer.pad_token_id))
+        return torch.where(drop.unsqueeze(-1), blanked, input_ids)
+
+    def with_model(self, model: nn.Module) -> JanusPro:
+        return JanusPro(model, self.processor, self.info)
 
 
 # -- tiny model for tests and the embedded default ------------------------------------------

@@ -190,7 +190,7 @@ def test_sft_on_generation_data_lowers_the_image_head_loss(base):
 
 def test_image_generation_loss_matches_the_samplers_conditioning(tiny_janus):
     """Teacher forcing must see what `_sample_image_tokens` sees: position t's logits predict code t."""
-    from training.objectives import image_generation_loss
+    from model_flavors.janus_training import image_generation_loss
 
     model = tiny_janus.model
     inputs = tiny_janus.generation_inputs(["a photo of a red circle", "a photo of two squares"])

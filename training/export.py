@@ -20,8 +20,8 @@ from mlflow import MlflowClient
 from torch import nn
 
 from model_flavors import flavor
-from model_flavors.janus import JanusPro
 from training.recipe import TrainRecipe
+from umm_harness.core.training import Trainable
 from umm_harness.model_registry import DIGEST_TAG
 
 
@@ -53,7 +53,7 @@ def gather_state(model: nn.Module, zero_stage: int, is_main: bool) -> dict[str, 
 
 
 def rebuild(method: ModuleType, state: dict[str, torch.Tensor], base_dir: Path, recipe: TrainRecipe,
-            base: BaseVersion) -> JanusPro:
+            base: BaseVersion) -> Trainable:
     """A fresh copy of the base model carrying the trained weights, ready for `flavor.log_model`."""
     fresh = flavor.load_local(base_dir)
     exported = method.rebuild(fresh, state, recipe)
@@ -62,7 +62,7 @@ def rebuild(method: ModuleType, state: dict[str, torch.Tensor], base_dir: Path, 
     return exported
 
 
-def register(backbone: JanusPro, *, base: BaseVersion, recipe: TrainRecipe, run_id: str, dataset_digest: str,
+def register(backbone: Trainable, *, base: BaseVersion, recipe: TrainRecipe, run_id: str, dataset_digest: str,
              step: int, final: bool) -> tuple[str, str]:
     """Log `backbone` in the active run and register it as a new version; returns (version, weights digest)."""
     info = flavor.log_model(backbone, name="model" if final else f"model-step{step}",

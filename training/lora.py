@@ -14,11 +14,10 @@ import copy
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
-from torch import nn
 
-from model_flavors.janus import JanusPro
-from training import sft
 from training.recipe import TrainRecipe
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.training import Trainable
 
 
 def lora_config(recipe: TrainRecipe) -> LoraConfig:
@@ -27,34 +26,31 @@ def lora_config(recipe: TrainRecipe) -> LoraConfig:
                       target_modules=settings.target_modules, bias="none")
 
 
-def prepare(model: nn.Module, recipe: TrainRecipe) -> PeftModel:
-    sft.freeze_vq(model)
+def prepare(backbone: Trainable, recipe: TrainRecipe) -> PeftModel:
+    backbone.freeze("image_tokenizer")
     try:
-        return get_peft_model(model, lora_config(recipe))
+        return get_peft_model(backbone.model, lora_config(recipe))
     except ValueError as exc:  # e.g. target modules that match nothing
-        from umm_harness.core.errors import ConfigError
-
         raise ConfigError(f"lora.target_modules: {str(exc).splitlines()[0]}") from None
 
 
-class AdapterJanusPro(JanusPro):
-    """A Janus-Pro with unmerged LoRA adapters; saves base weights + adapter files side by side."""
-
-    def __init__(self, peft_model: PeftModel, plain: JanusPro):
-        super().__init__(peft_model.get_base_model(), plain.processor, plain.info)
-        self._peft = peft_model
-        self._plain = plain  # the base weights, without adapter layers
-
-    def save_pretrained(self, path: Path) -> None:
-        self._plain.save_pretrained(path)
-        self._peft.save_pretrained(path)
-
-
-def rebuild(base: JanusPro, state: dict, recipe: TrainRecipe) -> JanusPro:
+def rebuild(base: Trainable, state: dict, recipe: TrainRecipe) -> Trainable:
     """`base` with the trained adapters: merged into its weights, or kept as adapters."""
-    plain = None if recipe.lora.merge else JanusPro(copy.deepcopy(base.model), base.processor, base.info)
+    plain = None if recipe.lora.merge else base.with_model(copy.deepcopy(base.model))
     peft_model = get_peft_model(base.model, lora_config(recipe))
     peft_model.load_state_dict(state, strict=True)
     if recipe.lora.merge:
-        return JanusPro(peft_model.merge_and_unload(), base.processor, base.info)
-    return AdapterJanusPro(peft_model, plain)
+        return base.with_model(peft_model.merge_and_unload())
+    return _keeping_adapters(base.with_model(peft_model.get_base_model()), peft_model, plain)
+
+
+def _keeping_adapters(exported: Trainable, peft_model: PeftModel, plain: Trainable) -> Trainable:
+    """`exported` runs with the adapters and saves the base weights (without adapter layers) plus the
+    adapter files side by side."""
+
+    def save_pretrained(path: Path) -> None:
+        plain.save_pretrained(path)
+        peft_model.save_pretrained(path)
+
+    exported.save_pretrained = save_pretrained
+    return exported

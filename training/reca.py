@@ -3,12 +3,12 @@
 The model is asked to generate an image while its prompt holds that same image's
 *understanding* embeddings (vision encoder + aligner output at the image placeholder tokens)
 in place of a caption; the loss is the generation head's cross-entropy over the image's VQ
-codes (`training.objectives.image_generation_loss`). No captions are needed: any image set
+codes (for Janus, `model_flavors.janus_training.image_generation_loss`). No captions are needed: any image set
 will do, here the training split's understanding images. Dense semantic embeddings are a
 richer "prompt" than a short caption, so this aligns what the model sees with what it draws.
 
 The understanding encoder stays fixed by default (`reca.train_understanding_encoder`), so it
-acts as the target-side semantic reference; the VQ tokenizer is always frozen. Other
+acts as the target-side semantic reference; the image tokenizer (VQ) is always frozen. Other
 objectives (e.g. `understanding`) can be mixed in through the recipe's `objectives`.
 """
 
@@ -16,18 +16,17 @@ from __future__ import annotations
 
 from torch import nn
 
-from model_flavors.janus import JanusPro
 from training import sft
 from training.recipe import TrainRecipe
+from umm_harness.core.training import Trainable
 
 
-def prepare(model: nn.Module, recipe: TrainRecipe) -> nn.Module:
-    sft.freeze_vq(model)
+def prepare(backbone: Trainable, recipe: TrainRecipe) -> nn.Module:
+    backbone.freeze("image_tokenizer")
     if not recipe.reca.train_understanding_encoder:
-        model.model.vision_model.requires_grad_(False)
-        model.model.aligner.requires_grad_(False)
-    return model
+        backbone.freeze("vision_encoder")
+    return backbone.model
 
 
-def rebuild(base: JanusPro, state: dict, recipe: TrainRecipe) -> JanusPro:
+def rebuild(base: Trainable, state: dict, recipe: TrainRecipe) -> Trainable:
     return sft.rebuild(base, state, recipe)

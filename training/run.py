@@ -49,6 +49,7 @@ from training.recipe import TrainRecipe
 from umm_harness.core.home import umm_home
 from umm_harness.config import flatten
 from umm_harness.core.errors import ConfigError
+from umm_harness.core.training import Trainable
 from umm_harness.model_registry import DIGEST_TAG
 from umm_harness.tracking import git_commit, log_batch
 
@@ -204,6 +205,7 @@ def _train_session(recipe: TrainRecipe, base: export.BaseVersion, stop_after_ste
         base_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=base.uri, dst_path=workdir))
         backbone = flavor.load_local(base_dir)
         objectives = recipe.active_objectives()
+        _check_trainable(backbone, objectives)
         examples = train_data.load_examples(recipe.data, backbone.native_image_size, list(objectives))
         frame = train_data.dataset_frame(examples)
         dataset_digest = train_data.dataset_digest(frame)
@@ -211,12 +213,8 @@ def _train_session(recipe: TrainRecipe, base: export.BaseVersion, stop_after_ste
 
         method = METHODS[recipe.method]
         torch.manual_seed(recipe.seed)  # adapter initialisation (LoRA) is random
-        model = method.prepare(backbone.model, recipe)
-        tokenizer = backbone.processor.tokenizer
-        module = TrainingModule(
-            model, objectives, cfg_dropout=recipe.cfg_dropout, pad_id=tokenizer.pad_token_id,
-            keep_ids=[tokenizer.bos_token_id, tokenizer.convert_tokens_to_ids(tokenizer.boi_token)],
-        )
+        model = method.prepare(backbone, recipe)
+        module = TrainingModule(model, backbone, objectives, cfg_dropout=recipe.cfg_dropout)
         engine = train_engine.initialize(module, recipe, device)
         client_state = train_engine.load_latest(engine, output_dir) if recipe.resume else None
         start_step = int(client_state["step"]) if client_state else 0
@@ -264,13 +262,24 @@ def _train_session(recipe: TrainRecipe, base: export.BaseVersion, stop_after_ste
         if dist_info.is_main:
             # stages 0-2 keep whole parameters: the trained module itself (with its adapters, for lora)
             if recipe.zero_stage < 3:
-                backbone.model = engine.module.janus.eval()
+                backbone.model = engine.module.trained.eval()
                 backbone.info = trained.info
                 trained = backbone
             result.backbone = trained
             (output_dir / _DONE_FILE).write_text(json.dumps(result.to_json(), indent=1))
         tracker.finish("FINISHED", result)
         return result
+
+
+def _check_trainable(backbone, objectives: dict[str, float]) -> None:
+    """Methods reach a model only through the training contract: refuse one that does not speak it."""
+    if not isinstance(backbone, Trainable):
+        raise ConfigError(f"backbone '{backbone.key}' cannot be post-trained here: it does not implement the "
+                          "training contract (umm_harness.core.training.Trainable)")
+    missing = sorted(set(objectives) - backbone.objectives)
+    if missing:
+        raise ConfigError(f"objectives: backbone '{backbone.key}' has no '{missing[0]}' loss "
+                          f"(it has: {', '.join(sorted(backbone.objectives))})")
 
 
 def _barrier() -> None:

@@ -31,7 +31,6 @@ from pydantic import BaseModel, Field
 
 import tasks
 from tasks.base import Output, Task
-from umm_harness.core.home import umm_home
 
 log = logging.getLogger(__name__)
 
