@@ -22,6 +22,8 @@ TASKS: dict[str, str] = {
     "wise": "tasks.wise:WISETask",
     "ueval": "tasks.ueval:UEvalTask",
     "uni_mmmu": "tasks.uni_mmmu:UniMMMUTask",
+    "gedit": "tasks.gedit:GEditTask",
+    "imgedit": "tasks.imgedit:ImgEditTask",
 }
 
 SUITES: dict[str, list[str]] = {
@@ -29,6 +31,7 @@ SUITES: dict[str, list[str]] = {
     "understanding": ["mme", "mmmu", "mmbench", "mm_vet", "mathvista"],
     "generation": ["geneval", "dpg_bench", "wise"],
     "unified": ["ueval", "uni_mmmu"],
+    "editing": ["gedit", "imgedit"],
 }
 
 
