@@ -2,7 +2,9 @@
 
 Metrics are `<benchmark>/<metric>` and are logged in one batch per run (one call per value
 costs ~5 ms each on SQLite). Per-sample records go out as JSONL and as an MLflow table;
-images keep their cache file names under `images/<benchmark>/`.
+images keep their cache file names under `images/<benchmark>/`. Editing samples also get their
+input image logged beside the edit (`<edit name>_source.png`) and a second table,
+`samples/<benchmark>_edits.json`, whose image columns the UI shows side by side.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 
+from PIL import Image  # noqa: E402
+
+from tasks.base import Sample  # noqa: E402
 from umm_harness.cache import ResultCache  # noqa: E402
 from umm_harness.runner import BenchmarkResult  # noqa: E402
 
@@ -121,8 +126,10 @@ def _category_plot(benchmark: str, metrics: dict[str, float], cache: ResultCache
     return path
 
 
-def _log_images(benchmark: str, rows: list[dict[str, Any]], cache: ResultCache) -> None:
-    """Log this run's images only (the cache may hold more, from a run with a larger limit)."""
+def _log_images(benchmark: str, rows: list[dict[str, Any]], cache: ResultCache,
+                sources: dict[str, Image.Image] | None = None) -> None:
+    """Log this run's images only (the cache may hold more, from a run with a larger limit), and
+    the input image of each edit beside it (`<edit name>_source.png`)."""
     names = [Path(path).name for row in rows for output in row.get("outputs") or [] for path in output["images"]]
     if not names:
         return
@@ -132,7 +139,40 @@ def _log_images(benchmark: str, rows: list[dict[str, Any]], cache: ResultCache) 
                 os.link(cache.images_dir / name, Path(tmp) / name)
             except OSError:  # a file system without hard links
                 shutil.copyfile(cache.images_dir / name, Path(tmp) / name)
+        for name, image in (sources or {}).items():
+            image.save(Path(tmp) / name, format="PNG")
         mlflow.log_artifacts(tmp, f"images/{benchmark}")
+
+
+def _edit_pairs(result: BenchmarkResult, cache: ResultCache) -> list[tuple[Sample, Image.Image, Path]]:
+    """(sample, input image, first edit's file) for every editing sample that has an edit."""
+    pairs = []
+    for sample in result.samples:
+        request = sample.request
+        if request is None or request.task != "editing" or not request.images:
+            continue
+        entry = None if sample.id in result.failed or sample.id in result.skipped else cache.entry(sample.id, 0)
+        if entry is not None and entry.images:
+            pairs.append((sample, request.images[0], cache.images_dir / entry.images[0]))
+    return pairs
+
+
+def _thumbnail(image: Image.Image, side: int = 256) -> Image.Image:
+    small = image.convert("RGB")
+    small.thumbnail((side, side))
+    return small
+
+
+def _log_edit_table(benchmark: str, result: BenchmarkResult, pairs: list[tuple[Sample, Image.Image, Path]]) -> None:
+    """`samples/<benchmark>_edits.json`: instruction, score, input and edit side by side in the MLflow UI."""
+    rows = []
+    for sample, source, edit_path in pairs:
+        with Image.open(edit_path) as edit:
+            edit_small = _thumbnail(edit)
+        record = result.records.get(sample.id) or {}
+        rows.append({"sample_id": sample.id, "category": sample.category, "instruction": sample.request.prompt,
+                     "score": record.get("score"), "source": _thumbnail(source), "edit": edit_small})
+    mlflow.log_table(pd.DataFrame(rows), artifact_file=f"samples/{benchmark}_edits.json")
 
 
 def log_benchmark(benchmark: str, result: BenchmarkResult, cache: ResultCache, log_images: bool = True
@@ -161,8 +201,11 @@ def log_benchmark(benchmark: str, result: BenchmarkResult, cache: ResultCache, l
     table = pd.DataFrame([{k: (json.dumps(v, default=str) if isinstance(v, dict | list) else v)
                            for k, v in row.items()} for row in rows])
     mlflow.log_table(table, artifact_file=f"samples/{benchmark}_table.json")
+    pairs = _edit_pairs(result, cache)
+    if pairs:
+        _log_edit_table(benchmark, result, pairs)
     if log_images:
-        _log_images(benchmark, rows, cache)
+        _log_images(benchmark, rows, cache, {f"{path.stem}_source.png": source for _, source, path in pairs})
     if result.metrics:
         mlflow.log_artifact(str(_category_plot(benchmark, result.metrics, cache)), "plots")
     if result.failed:
