@@ -3,9 +3,10 @@
 A local copy is the dataset repository as the hub stores it (for instance
 `huggingface-cli download lmms-lab/MME --repo-type dataset --local-dir data/lmms-lab/MME`):
 parquet shards named `<split>-00000-of-00004[-<hash>].parquet`, under `<config>/` when the
-dataset has several configs (MMMU's subjects, MMBench's languages). One `--data-dir` serves a
-whole suite: a benchmark looks in `<data-dir>/<hub id>`, then `<data-dir>/<benchmark name>`,
-then `<data-dir>` itself. Without a local copy, rows come from `datasets.load_dataset` at run
+dataset has several configs (MMMU's subjects, MMBench's languages); a dataset stored as arrow
+(GEdit-Bench) may have `<split>-….arrow` shards or `save_to_disk`'s `<split>/data-….arrow`.
+One `--data-dir` serves a whole suite: a benchmark looks in `<data-dir>/<hub id>`, then
+`<data-dir>/<benchmark name>`, then `<data-dir>` itself. Without a local copy, rows come from `datasets.load_dataset` at run
 time; `datasets` is imported only then, so nothing else needs it installed.
 
 Image cells are handed over undecoded (`{"bytes", "path"}`, as parquet stores an `Image`
@@ -57,17 +58,35 @@ def image_cell(cell: Any) -> Any:
 
 
 def _shard_pattern(split: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(split)}(-\d+-of-\d+)?(-[0-9a-f]+)?\.parquet$")
+    return re.compile(rf"^{re.escape(split)}(-\d+-of-\d+)?(-[0-9a-f]+)?\.(parquet|arrow)$")
+
+
+_SAVED_SHARD = re.compile(r"^data-\d+-of-\d+\.arrow$")  # `Dataset.save_to_disk`: <split>/data-00000-of-0000N.arrow
 
 
 def _shards(root: Path, config: str | None, split: str) -> list[Path]:
-    """The split's shards of one config: in `<config>/`, or for the default config in `data/` or at the top."""
+    """The split's shards of one config: in `<config>/`, or for the default config in `data/` or at the top;
+    parquet or arrow, named `<split>-…` or saved as `<split>/data-…-of-….arrow`."""
     pattern = _shard_pattern(split)
     for folder in [root / config] if config else [root / "data", root]:
-        found = sorted(p for p in folder.glob("*.parquet") if pattern.match(p.name)) if folder.is_dir() else []
+        found = sorted(p for p in folder.glob("*.*") if pattern.match(p.name)) if folder.is_dir() else []
+        saved = folder / split
+        found = found or (sorted(p for p in saved.glob("*.arrow") if _SAVED_SHARD.match(p.name))
+                          if saved.is_dir() else [])
         if found:
             return found
     return []
+
+
+def _read_shard(shard: Path) -> pa.Table:
+    if shard.suffix == ".parquet":
+        return pq.read_table(shard)
+    try:  # `datasets` writes arrow files in the IPC stream format; others may use the file format
+        with pa.ipc.open_stream(shard) as reader:
+            return reader.read_all()
+    except pa.ArrowInvalid:
+        with pa.ipc.open_file(shard) as reader:
+            return reader.read_all()
 
 
 def _local_root(source: HubSource, data_dir: Path, name: str) -> Path:
@@ -76,7 +95,7 @@ def _local_root(source: HubSource, data_dir: Path, name: str) -> Path:
             return root
     missing = next(c for c in source.configs if not _shards(data_dir / source.hub_id, c, source.split))
     raise ConfigError(
-        f"{name}: no '{source.split}' parquet shards of {source.hub_id} under --data-dir {data_dir}; expected "
+        f"{name}: no '{source.split}' parquet or arrow shards of {source.hub_id} under --data-dir {data_dir}; expected "
         f"<data-dir>/{source.hub_id}/{missing or 'data'}/{source.split}-00000-of-0000N.parquet (the hub's layout)"
     )
 
@@ -85,9 +104,9 @@ def _local_rows(source: HubSource, root: Path, config: str | None) -> list[Row]:
     rows: list[Row] = []
     for shard in _shards(root, config, source.split):
         try:
-            rows.extend(pq.read_table(shard).to_pylist())
+            rows.extend(_read_shard(shard).to_pylist())
         except (pa.ArrowInvalid, OSError) as exc:
-            raise ConfigError(f"{shard}: not a readable parquet file ({exc}); download it again") from None
+            raise ConfigError(f"{shard}: not a readable {shard.suffix[1:]} file ({exc}); download it again") from None
     return rows
 
 

@@ -45,10 +45,17 @@ GEDIT_ROWS = [
 ]
 
 
-def write_gedit(data_dir: Path, rows: list[dict[str, Any]] = GEDIT_ROWS) -> Path:
-    path = data_dir / "stepfun-ai/GEdit-Bench/data/train-00000-of-00001.parquet"
+def write_gedit(data_dir: Path, rows: list[dict[str, Any]] = GEDIT_ROWS, *, arrow: bool = False) -> Path:
+    """Parquet shards as the hub's parquet layout has them, or (`arrow`) `save_to_disk`'s arrow stream files."""
+    table = pa.Table.from_pylist(rows, schema=GEDIT_SCHEMA)
+    root = data_dir / "stepfun-ai/GEdit-Bench"
+    path = root / ("train/data-00000-of-00001.arrow" if arrow else "data/train-00000-of-00001.parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=GEDIT_SCHEMA), path)
+    if arrow:
+        with pa.ipc.new_stream(path, table.schema) as writer:
+            writer.write_table(table)
+    else:
+        pq.write_table(table, path)
     return data_dir
 
 

@@ -213,6 +213,12 @@ def test_gedit_samples_follow_the_hub_rows(tmp_path):
     assert [s.id for s in GEditTask(tmp_path / "data", languages=["cn"]).samples()] == ["color_alter/cn/c1"]
 
 
+def test_gedit_reads_an_arrow_copy_as_the_hub_stores_it(tmp_path):
+    from_arrow = GEditTask(write_gedit(tmp_path / "arrow", arrow=True), input_area=None).samples()
+    from_parquet = GEditTask(write_gedit(tmp_path / "parquet"), input_area=None).samples()
+    assert [(s.id, s.references) for s in from_arrow] == [(s.id, s.references) for s in from_parquet]
+
+
 # --- ImgEdit-Bench ----------------------------------------------------------------------------------
 
 
