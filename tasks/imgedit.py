@@ -17,7 +17,8 @@ Generation: an editing request with the instruction and the source image; ids `b
 
 Scoring (`tasks/scorers/imgedit_rules.py`, official rules): the judge gets the edit type's prompt
 (UGE: its one prompt) with `<edit_prompt>` replaced, then [source, edit]; no system message, one
-attempt (the official scripts never re-ask for a reply they cannot read). Judge: `judge=` (a vision
+attempt (the official scripts never re-ask for a reply they cannot read). Images go as PNG of
+the decoded pixels (the official script sends the files' own bytes: the same pixels). Judge: `judge=` (a vision
 judge, a `JudgeConfig` or its dict; else the UMM_JUDGE_* environment); the official one is GPT-4o,
 so numbers from other judges compare with each other only. Temperature 0 (the official call
 leaves the API default), up to 2048 reply tokens (it sets no limit).
@@ -26,7 +27,7 @@ Deviations, each counted: a reply with no `<Name>: <digits>` line is dropped fro
 officially, counted as `judge_unparsable`; a missing edit (no image from the backbone), on which
 the official scoring crashes, is left out and counted as `missing_edits`.
 
-Metrics (1–5): one per edit type, `overall` (papers' Overall: unweighted mean of the nine type
+Metrics (1–5): one per edit type (`compose` is the papers' "Hybrid"), `overall` (papers' Overall: unweighted mean of the nine type
 scores), `overall_weighted` (mean over scored basic images), `types`, `uge`, and the counts.
 """
 

@@ -93,5 +93,6 @@ def test_a_backbone_that_cannot_edit_is_skipped_with_its_reason(workspace, judge
     client = MlflowClient()
     [child] = _children(client, run_id)["generate"]
     assert child.data.metrics["imgedit/skipped_samples"] == 4
+    assert child.data.tags["umm.skipped"] == "backbone 'janus_pro' cannot do editing"
     rows = [json.loads(line) for line in open(client.download_artifacts(child.info.run_id, "samples/imgedit.jsonl"))]
     assert {(row["status"], row["reason"]) for row in rows} == {("skipped", "backbone 'janus_pro' cannot do editing")}

@@ -104,6 +104,7 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
             with mlflow.start_run(run_name=task.name, nested=True):
                 log_batch(tags={**common_tags, "umm.benchmark": task.name, **_scorer_tag(task)})
                 result, cache = _run_task(task, model, recipe, ranks, samples[task.name], caches[task.name])
+                _tag_if_all_skipped(task.name, result)
                 metrics.update(log_benchmark(task.name, result, cache))
                 results[task.name] = result
         log_batch(metrics=metrics)
@@ -140,6 +141,14 @@ def _run_task(task: Task, model: ResolvedModel, recipe: EvalRecipe, ranks: Ranks
     result.computed, result.reused = computed, result.reused - computed
     result.model_seconds = shard.model_seconds
     return result, merged
+
+
+def _tag_if_all_skipped(benchmark: str, result: BenchmarkResult) -> None:
+    """A benchmark the backbone cannot run at all (editing on a model that cannot edit) says why on its run."""
+    if result.samples and len(result.skipped) == len(result.samples):
+        reason = sorted(set(result.skipped.values()))[0]
+        log.warning("%s: every sample skipped (%s)", benchmark, reason)
+        log_batch(tags={"umm.skipped": reason})
 
 
 def _scorer_tag(task: Task) -> dict[str, str]:

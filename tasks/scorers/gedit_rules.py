@@ -178,10 +178,10 @@ def _mean(values: list[float]) -> float:
 def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
     """Official metrics from scored rows (`language`, `group`, `intersection`, `sc`, `pq`, `o`).
 
-    Per language L and set S (`full`, `intersection`): `L/S/<group>/{sc,pq,o}` (group means) and
-    `L/S/{sc,pq,o}`, the unweighted mean of the group means, reported only when every one of the
-    eleven groups has a scored row (the official mean over a missing group is NaN; `L/S/groups`
-    says how many have one). `L/sc` etc. are the full-set headline.
+    Per language L and set S (`full`, `intersection`): `L/S/<group>/{sc,pq,o}` (group means), and
+    the unweighted mean of the group means as `L/{sc,pq,o}` (full set, the headline) and
+    `L/intersection/{sc,pq,o}`, reported only when every one of the eleven groups has a scored row
+    (the official mean over a missing group is NaN; `L/S/groups` says how many have one).
     """
     by: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -202,9 +202,7 @@ def summarize(rows: Iterable[dict[str, Any]]) -> dict[str, float]:
             if group_means:
                 metrics[f"{language}/{subset}/groups"] = float(len(group_means))
             if len(group_means) == len(GROUPS):
+                prefix = language if subset == "full" else f"{language}/{subset}"
                 for key in ("sc", "pq", "o"):
-                    value = _mean([means[key] for means in group_means.values()])
-                    metrics[f"{language}/{subset}/{key}"] = value
-                    if subset == "full":
-                        metrics[f"{language}/{key}"] = value
+                    metrics[f"{prefix}/{key}"] = _mean([means[key] for means in group_means.values()])
     return metrics
