@@ -1,7 +1,7 @@
 """GEdit-Bench: 606 real-world edit requests in English and Chinese (1212 rows), judged with VIEScore.
 
 Data: hub dataset `stepfun-ai/GEdit-Bench`, split `train`, via `tasks/hub_data.py` (`--data-dir`
-may hold its parquet shards as the hub stores them). Columns: `task_type` (one of 11 groups),
+may hold its arrow or parquet shards as the hub stores them). Columns: `task_type` (one of 11 groups),
 `key`, `instruction`, `instruction_language` (`en` | `cn`), `input_image`, `input_image_raw`,
 `Intersection_exist` (bool).
 
@@ -9,9 +9,10 @@ Generation: an editing request with the instruction and `input_image_raw`, resiz
 official generation example does (about 512² pixels, sides multiples of 32; `input_area=None`
 sends it unresized, `input_area=N` aims at N pixels). Sample ids are `<group>/<lang>/<key>`.
 
-Scoring (`tasks/scorers/gedit_rules.py`, official rules): the judge sees the semantic-consistency
-prompt with [source, edit] and the perceptual-quality prompt with the edit only, where the source
-is `input_image` and the edit is resized to it; SC = min, PQ = min, O = sqrt(SC·PQ). Images reach
+Scoring (`tasks/scorers/gedit_rules.py`, official rules; the official judge prompts are reproduced
+unchanged, with attribution, in `tasks/data/gedit_viescore_prompts.json`): the judge sees the
+semantic-consistency prompt with [source, edit] and the perceptual-quality prompt with the edit
+only, where the source is `input_image` and the edit is resized to it; SC = min, PQ = min, O = sqrt(SC·PQ). Images reach
 the judge as the official GPT path sends them, JPEG-compressed (PIL's default quality), unless
 `judge_image_format="png"` (the official local Qwen2.5-VL path). Judge: `judge=` (a vision judge,
 a `JudgeConfig` or its dict; else the UMM_JUDGE_* environment); the official ones are GPT-4.1
