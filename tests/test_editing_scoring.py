@@ -290,3 +290,17 @@ def test_imgedit_missing_source_image_fails_its_sample_only(tmp_path, monkeypatc
     (data / "Benchmark/singleturn/style/000000012.jpg").unlink()
     samples = ImgEditTask(data, subsets=["basic"]).samples()
     assert [s.error is not None for s in samples] == [False, True, False] and "missing" in samples[1].error
+
+
+def test_imgedit_bad_data_dir_and_options_are_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no singleturn and hard image folder"):
+        ImgEditTask(tmp_path).samples()
+    with pytest.raises(ConfigError, match="unknown subset 'multiturn'"):
+        ImgEditTask(tmp_path, subsets=["multiturn"])
+
+
+def test_gedit_bad_data_dir_and_options_are_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no 'train' parquet or arrow shards of stepfun-ai/GEdit-Bench"):
+        GEditTask(tmp_path).samples()
+    with pytest.raises(ConfigError, match="unparsable must be guess, zero or drop"):
+        GEditTask(tmp_path, unparsable="random")
