@@ -36,6 +36,7 @@ loop: setup
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_harness.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_generation_stages.py
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_judges.py
 
 # Serve the registered tiny model on 127.0.0.1 (run `make eval` first).
 serve: setup

@@ -195,6 +195,19 @@ def main() -> None:
             timings[nproc] = time.perf_counter() - start
         figures["dp2_speedup"] = timings[1] / timings[2]
 
+        # 4b. two "nodes" on this machine: two launchers meeting at a c10d rendezvous, one rank each.
+        shutil.rmtree(work / "home" / "cache", ignore_errors=True)
+        endpoint = f"127.0.0.1:{free_port()}"
+        start = time.perf_counter()
+        nodes = [subprocess.Popen([sys.executable, "-m", "umm_harness", "eval", "--limit", str(args.samples * 2),
+                                   "--batch-size", "8", "--threads", "1", "--nnodes", "2", "--node-rank", str(rank),
+                                   "--rdzv-endpoint", endpoint, "--device", args.device, "--dtype", args.dtype],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CI": "1"})
+                 for rank in (0, 1)]
+        if any(node.wait() != 0 for node in nodes):
+            raise SystemExit("the two-node eval failed")
+        figures["nodes2_speedup"] = timings[1] / (time.perf_counter() - start)
+
         # 5. serving: requests/s through `mlflow models serve` vs direct pyfunc predict.
         rows = [{"task": "understanding", "prompt": "Is there a red circle?", "images": []}]
         served, direct = serve_ratio(f"models:/{first.model_name}/{first.model_version}", rows, args.requests)

@@ -1,5 +1,6 @@
 """`umm eval` end to end: the tiny Janus-Pro on `shapes`, as MLflow runs, registered, resumable."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from tasks.base import Sample, Task
 from tasks.shapes import ShapesTask
 from tests.conftest import REPO
 from umm_harness.core.home import umm_home
+from umm_harness.core.ports import free_port
 from umm_harness.config import EvalRecipe
 from umm_harness.evaluate import evaluate
 from umm_harness.tracking import official
@@ -266,6 +268,75 @@ def test_two_data_parallel_ranks_give_exactly_the_one_rank_run(workspace, tmp_pa
     (child,) = runs
     assert official({k: v for k, v in child.data.metrics.items()}) == official(one_rank.metrics)
     assert child.data.metrics["shapes/outputs_computed"] == len(keys)
+
+
+def _stop_node(launcher: subprocess.Popen, sig: int) -> None:
+    """Signal a node's launcher and every rank it started (torchrun gives its ranks their own
+    sessions), and wait until all of them are gone."""
+    import psutil
+
+    processes = [psutil.Process(launcher.pid), *psutil.Process(launcher.pid).children(recursive=True)]
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(sig)
+    _, alive = psutil.wait_procs(processes, timeout=60)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=30)
+    launcher.wait(timeout=30)
+
+
+def _node(workspace: Path, node_rank: int, endpoint: str, cache_dir: Path) -> subprocess.Popen:
+    """One node's launcher of a two-node run (its own process group, so a test can drop the whole node)."""
+    args = [sys.executable, "-m", "umm_harness", "eval", "--limit", str(LIMIT), "--batch-size", "2", "--threads", "1",
+            "--nnodes", "2", "--node-rank", str(node_rank), "--rdzv-endpoint", endpoint, "--cache-dir", str(cache_dir)]
+    return subprocess.Popen(args, cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+@pytest.mark.slow
+def test_two_nodes_share_the_work_and_a_lost_node_is_recovered_by_a_rerun(workspace, tmp_path_factory, monkeypatch):
+    one_rank = evaluate(EvalRecipe(limit=LIMIT, batch_size=2))
+    total = one_rank.results["shapes"].computed
+    monkeypatch.setenv("UMM_HOME", str(tmp_path_factory.mktemp("nodes_home")))
+    (Path(os.environ["UMM_HOME"]) / "tiny").symlink_to(workspace / "umm_home" / "tiny")
+    shared = tmp_path_factory.mktemp("shared_cache")  # the folder every node sees
+
+    # Both nodes start; node 1 is lost (its launcher and ranks killed) once it has finished a few outputs.
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [_node(workspace, rank, endpoint, shared) for rank in (0, 1)]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and sum(_line_count(p) for p in shared.glob("*/outputs*.jsonl")) < 6:
+        assert all(node.poll() is None for node in nodes), nodes[0].stdout.read()[-3000:]
+        time.sleep(0.05)
+    _stop_node(nodes[1], signal.SIGKILL)  # the lost node
+    _stop_node(nodes[0], signal.SIGTERM)  # the scheduler stops the rest of the job
+    before = {log.name: log.read_text().splitlines() for log in shared.glob("*/outputs*.jsonl")}
+    done_before = sum(len(lines) for lines in before.values())
+    assert 6 <= done_before < total, "the node should be lost mid-generation"
+
+    # The same two commands again: nothing finished is recomputed, the result is the one-rank run's.
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [_node(workspace, rank, endpoint, shared) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    after = {log.name: log.read_text().splitlines() for log in shared.glob("*/outputs*.jsonl")}
+    assert sorted(after) == ["outputs-rank1.jsonl", "outputs.jsonl"]  # one log per global rank
+    for name, lines in before.items():
+        assert after[name][: len(lines)] == lines, f"{name}: finished outputs were rewritten"
+    keys = [(json.loads(line)["sample_id"], json.loads(line)["k"]) for lines in after.values() for line in lines]
+    assert len(keys) == len(set(keys)) == total
+    assert not list((umm_home() / "cache").glob("*/outputs*.jsonl"))  # --cache-dir, not $UMM_HOME/cache
+
+    client = MlflowClient()
+    (child,) = client.search_runs([client.get_experiment_by_name("umm-eval").experiment_id],
+                                  "tags.`umm.ranks` = '2' and tags.`umm.benchmark` = 'shapes' "
+                                  "and attributes.status = 'FINISHED'")
+    assert child.data.metrics["shapes/outputs_reused"] == done_before
+    assert official(child.data.metrics) == official(one_rank.metrics)
+    (one_rank_child,) = _child_runs(one_rank.run_id)
+    assert _sample_rows(child.info.run_id) == _sample_rows(one_rank_child.info.run_id)
 
 
 def _rank_process(launcher: subprocess.Popen, rank: int, deadline: float):

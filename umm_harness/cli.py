@@ -77,9 +77,13 @@ def _params(values: dict[str, Any]) -> dict[str, Any]:
 @click.option("--from-run", help="With --stage score: the parent run of the generate stage.")
 @click.option("--guidance-scale", type=float)
 @click.option("--max-new-tokens", type=int)
+@click.option("--cache-dir", help="Folder of the result caches (default $UMM_HOME/cache); shared by all nodes.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, help="Data-parallel ranks on this machine (torchrun).")
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, help="Nodes; run the same command on each.")
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, help="This node's number (0 .. nnodes-1).")
+@click.option("--rdzv-endpoint", help="host:port where the nodes meet (torchrun c10d rendezvous).")
 def eval_command(recipe: str | None, guidance_scale: float | None, max_new_tokens: int | None, nproc: int,
-                 **flags: Any) -> None:
+                 nnodes: int, node_rank: int, rdzv_endpoint: str | None, **flags: Any) -> None:
     """Evaluate a model on a suite and log it to MLflow."""
     from umm_harness.config import load_recipe
     from umm_harness.evaluate import evaluate
@@ -92,10 +96,15 @@ def eval_command(recipe: str | None, guidance_scale: float | None, max_new_token
     if params:
         overrides["params"] = params
     loaded = load_recipe(Path(recipe) if recipe else None, overrides)  # checked once, before any rank starts
-    if nproc > 1 and "RANK" not in os.environ:
-        from umm_harness.distributed import relaunch
+    from umm_harness.distributed import Launch, relaunch
 
-        sys.exit(relaunch(nproc, _without_nproc(click.get_current_context().obj["argv"])))
+    launch = Launch(nproc, nnodes, node_rank, rdzv_endpoint)
+    if nnodes > 1 and not rdzv_endpoint:
+        raise ConfigError("--nnodes > 1 needs --rdzv-endpoint host:port (the same on every node)")
+    if node_rank >= nnodes:
+        raise ConfigError(f"--node-rank {node_rank} is not below --nnodes {nnodes}")
+    if launch.distributed and "RANK" not in os.environ:
+        sys.exit(relaunch(launch, _without_launch_options(click.get_current_context().obj["argv"])))
     summary = evaluate(loaded)
     if summary is None:  # a data-parallel rank other than 0
         return
@@ -104,13 +113,17 @@ def eval_command(recipe: str | None, guidance_scale: float | None, max_new_token
         click.echo(f"  {key:40s} {summary.metrics[key]:.4f}")
 
 
-def _without_nproc(args: list[str]) -> list[str]:
+_LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint")
+
+
+def _without_launch_options(args: list[str]) -> list[str]:
+    """The command line each rank runs: the launcher's own options removed."""
     kept, skip_next = [], False
     for arg in args:
-        if skip_next or arg.startswith("--nproc="):
+        if skip_next or arg.startswith(tuple(f"{option}=" for option in _LAUNCH_OPTIONS)):
             skip_next = False
             continue
-        if arg == "--nproc":
+        if arg in _LAUNCH_OPTIONS:
             skip_next = True
             continue
         kept.append(arg)

@@ -46,6 +46,8 @@ class EvalRecipe(BaseModel):
     seed: int = 0
     batch_size: Annotated[int | Literal["auto"], BeforeValidator(_batch_size)] = 16  # auto: largest that fits
     data_dir: Path | None = None
+    # Where result caches live (default $UMM_HOME/cache); several nodes share one through this folder.
+    cache_dir: Path | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
     # Attention kernel of transformers-based backbones; auto: flash_attention_2 where it runs, else sdpa.

@@ -1,7 +1,11 @@
 """Data-parallel evaluation ranks, as torchrun (or `umm eval --nproc N`) starts them.
 
 Every rank generates its share of the pending outputs into the shared cache; rank 0 then
-scores everything and is the only one that talks to MLflow.
+scores everything and is the only one that talks to MLflow. Several nodes: each runs the same
+`umm eval --nnodes N --rdzv-endpoint host:port` (one launcher per node, `--nproc` ranks each);
+torchrun's c10d rendezvous numbers the ranks, every rank takes its share of the one fixed work
+order, and the caches must be on a folder every node sees (`--cache-dir`). Rank 0 (on whichever
+node the rendezvous put it) must reach the tracking store: use a tracking server across machines.
 """
 
 from __future__ import annotations
@@ -48,8 +52,27 @@ def current_ranks(device: str = "cpu") -> Ranks:
     return Ranks(rank, world_size)
 
 
-def relaunch(nproc: int, args: list[str]) -> int:
-    """Run `python -m umm_harness <args>` as `nproc` torchrun ranks on this machine; their exit code."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "umm_harness", *args]
-    return subprocess.call(command)
+@dataclass(frozen=True)
+class Launch:
+    """How many ranks to start: `nproc` on this node, `nnodes` nodes meeting at `rdzv_endpoint`."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.nproc > 1 or self.nnodes > 1
+
+
+def relaunch(launch: Launch, args: list[str]) -> int:
+    """Run `python -m umm_harness <args>` as torchrun ranks; this node's launcher's exit code."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(launch.nproc)]
+    if launch.nnodes > 1:
+        command += ["--nnodes", str(launch.nnodes), "--node_rank", str(launch.node_rank),
+                    "--rdzv_backend", "c10d", "--rdzv_endpoint", str(launch.rdzv_endpoint),
+                    "--rdzv_id", "umm-eval"]
+    else:
+        command += ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+    return subprocess.call([*command, "-m", "umm_harness", *args])

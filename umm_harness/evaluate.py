@@ -113,7 +113,7 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
 
 
 def _cache(task: Task, model: ResolvedModel, recipe: EvalRecipe, ranks: Ranks) -> ResultCache:
-    folder = umm_home() / "cache" / ResultCache.key(
+    folder = (recipe.cache_dir or umm_home() / "cache") / ResultCache.key(
         weights=model.digest, benchmark=task.name, seed=recipe.seed, dtype=recipe.dtype,
         params=recipe.params.model_dump(exclude_none=True), data_dir=recipe.data_dir,
         options=recipe.task_options.get(task.name),

@@ -73,11 +73,13 @@ class JudgeConfig(BaseModel):
 
     backend: Backend = "openai"
     model: str | None = None  # hub id or folder; for `openai`, UMM_JUDGE_MODEL or the server's only model
-    base_url: str | None = None  # `openai` only; else UMM_JUDGE_BASE_URL
+    # `openai` only; else UMM_JUDGE_BASE_URL. Several replicas of one judge: a list, or comma separated.
+    base_url: str | tuple[str, ...] | None = None
     revision: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)  # overrides each benchmark's own reply length
     tensor_parallel_size: int = Field(default=1, ge=1)  # `vllm` only
     timeout_s: float = Field(default=120.0, gt=0)  # `openai`: per request
+    concurrency: int = Field(default=8, ge=1)  # `openai`: requests in flight per replica
     cache_dir: Path | None = None  # default $UMM_HOME/judge_cache
 
     @model_validator(mode="after")
@@ -126,7 +128,7 @@ def make_judge(config: JudgeConfig | dict[str, Any] | None = None) -> Judge:
         from tasks.judges.openai_backend import OpenAIJudge
 
         judge = OpenAIJudge(base_url=config.base_url, model=config.model, revision=config.revision,
-                            timeout_s=config.timeout_s)
+                            timeout_s=config.timeout_s, concurrency=config.concurrency)
     elif config.backend == "transformers":
         from tasks.judges.transformers_backend import TransformersJudge
 

@@ -11,6 +11,12 @@ Each prompt is one request (one user message); a batch is sent over a few thread
 server that batches (vLLM does) sees them together. Connection errors, timeouts, 429 and 5xx
 are retried with exponential back-off; a server that never answers gives `JudgeUnavailable`
 naming the URL and how to start one.
+
+Replicas: `base_url` may name several endpoints serving the same model (comma separated, or a
+list in a recipe), e.g. one `vllm serve` per GPU node. Each request goes to the healthy replica
+with the fewest requests in flight, at most `concurrency` at once per replica; a replica that
+fails a request is set aside for a back-off while the retry goes to another one. The judge id
+does not depend on the URLs, so cached replies are shared whichever replica answered.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlparse
@@ -45,12 +52,30 @@ def normalize_base_url(url: str) -> str:
     return url
 
 
+class Replica:
+    """One endpoint of a judge: its URL, a bound on requests in flight, and when it may be tried again."""
+
+    def __init__(self, url: str, concurrency: int):
+        self.url = url
+        self.slots = threading.BoundedSemaphore(concurrency)
+        self.in_flight = 0
+        self.answered = 0
+        self.resting_until = 0.0  # monotonic time; a replica that just failed rests until then
+
+
+def split_base_urls(value: str | Sequence[str]) -> list[str]:
+    """`a,b` or [a, b] → normalised, de-duplicated endpoint URLs, in order."""
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    urls = [normalize_base_url(part) for part in parts if part.strip()]
+    return list(dict.fromkeys(urls))
+
+
 class OpenAIJudge:
     backend = "openai"
 
     def __init__(
         self,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         model: str | None = None,
         api_key: str | None = None,
         revision: str | None = None,
@@ -70,13 +95,18 @@ class OpenAIJudge:
                     "http://127.0.0.1:8000/v1 of `vllm serve`) or `base_url` in the recipe's judge block"
                 )
             base_url = OPENAI_URL
-        self.base_url = normalize_base_url(base_url)
+        self.concurrency_per_replica = max(1, concurrency)
+        self.replicas = [Replica(url, self.concurrency_per_replica) for url in split_base_urls(base_url)]
+        if not self.replicas:
+            raise JudgeUnavailable("the openai judge backend's base_url names no endpoint")
+        self.base_url = ", ".join(replica.url for replica in self.replicas)  # for messages
+        self.concurrency = self.concurrency_per_replica * len(self.replicas)
         self.revision = revision
         self.timeout = (connect_timeout_s, timeout_s)
         self.retries = retries
         self.backoff_s = backoff_s
-        self.concurrency = max(1, concurrency)
         self._local = threading.local()
+        self._choosing = threading.Lock()
         self.model = model or os.environ.get("UMM_JUDGE_MODEL") or self._only_served_model()
 
     @property
@@ -128,22 +158,53 @@ class OpenAIJudge:
     def _scrub(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
+    def _pick(self) -> Replica:
+        """The resting-free replica with the fewest requests in flight (else the one rested longest)."""
+        with self._choosing:
+            now = time.monotonic()
+            awake = [r for r in self.replicas if r.resting_until <= now]
+            pool = awake or [min(self.replicas, key=lambda r: r.resting_until)]
+            replica = min(pool, key=lambda r: r.in_flight)
+            replica.in_flight += 1
+            return replica
+
+    def _rest(self, replica: Replica, attempt: int) -> None:
+        replica.resting_until = time.monotonic() + self.backoff_s * 2 ** attempt
+
+    def _wait_for_a_replica(self) -> None:
+        """Back off only when every replica is resting; with a healthy one left, retry at once."""
+        soonest = min(r.resting_until for r in self.replicas)
+        delay = soonest - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-        url = f"{self.base_url}{path}"
         problem = ""
+        tried: list[str] = []
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+                self._wait_for_a_replica()
+            replica = self._pick()
+            url = f"{replica.url}{path}"
+            tried.append(replica.url)
             try:
-                response = self._session().request(method, url, json=payload, timeout=self.timeout)
+                with replica.slots:
+                    response = self._session().request(method, url, json=payload, timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 problem = type(exc).__name__
+                self._rest(replica, attempt)
                 log.warning("judge endpoint %s: %s (try %d of %d)", url, problem, attempt + 1, self.retries + 1)
                 continue
+            finally:
+                with self._choosing:
+                    replica.in_flight -= 1
             if response.status_code in RETRY_STATUS:
                 problem = f"HTTP {response.status_code}"
+                self._rest(replica, attempt)
                 log.warning("judge endpoint %s: %s (try %d of %d)", url, problem, attempt + 1, self.retries + 1)
                 continue
+            replica.resting_until = 0.0
+            replica.answered += 1
             if response.status_code in (401, 403):
                 raise JudgeUnavailable(
                     f"judge endpoint {url} refused the credentials (HTTP {response.status_code}); set "
@@ -162,6 +223,7 @@ class OpenAIJudge:
             except ValueError:
                 raise JudgeError(f"judge endpoint {url} did not answer with JSON: "
                                  f"{self._scrub(response.text)[:200]}") from None
+        where = ", ".join(dict.fromkeys(f"{u}{path}" for u in tried))
         raise JudgeUnavailable(
-            f"judge endpoint {url} did not answer after {self.retries + 1} tries ({problem}); {START_HINT}"
+            f"judge endpoint {where} did not answer after {self.retries + 1} tries ({problem}); {START_HINT}"
         )

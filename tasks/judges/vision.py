@@ -84,7 +84,8 @@ class OpenAIVisionJudge:
 
     backend = "openai"
 
-    def __init__(self, base_url: str | None = None, model: str | None = None, revision: str | None = None, *,
+    def __init__(self, base_url: str | Sequence[str] | None = None, model: str | None = None,
+                 revision: str | None = None, *,
                  timeout_s: float = 120.0, concurrency: int = 8):
         from tasks.judges.openai_backend import OpenAIJudge
 
@@ -308,7 +309,8 @@ def make_vision_judge(config: JudgeConfig | dict[str, Any] | None = None,
     elif isinstance(config, dict):
         config = judge_config(config, "recipe")
     if config.backend == "openai":
-        judge: Any = OpenAIVisionJudge(config.base_url, config.model, config.revision, timeout_s=config.timeout_s)
+        judge: Any = OpenAIVisionJudge(config.base_url, config.model, config.revision, timeout_s=config.timeout_s,
+                                       concurrency=config.concurrency)
     elif config.backend == "transformers":
         judge = TransformersVisionJudge(config.model, config.revision)
     else:
