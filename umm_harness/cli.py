@@ -77,6 +77,8 @@ def _params(values: dict[str, Any]) -> dict[str, Any]:
 @click.option("--from-run", help="With --stage score: the parent run of the generate stage.")
 @click.option("--guidance-scale", type=float)
 @click.option("--max-new-tokens", type=int)
+@click.option("--executor", type=click.Choice(["local", "ray"]),
+              help="Where generation runs: this process (local) or a Ray Data actor pool (ray; `ray:` in a recipe).")
 @click.option("--cache-dir", help="Folder of the result caches (default $UMM_HOME/cache); shared by all nodes.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, help="Data-parallel ranks on this machine (torchrun).")
 @click.option("--nnodes", type=click.IntRange(min=1), default=1, help="Nodes; run the same command on each.")

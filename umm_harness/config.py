@@ -16,6 +16,7 @@ from tasks.judges.base import JudgeConfig
 from umm_harness.core.acceleration import AttnImplementation
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams
+from umm_harness.ray_executor import RaySettings
 
 DEFAULT_MODEL = "tiny:janus-pro"
 
@@ -54,6 +55,8 @@ class EvalRecipe(BaseModel):
     attn_implementation: AttnImplementation = "auto"
     compile: bool = False  # torch.compile the language model's forward (pays a compile on first use)
     threads: int | None = Field(default=None, ge=1)
+    executor: Literal["local", "ray"] = "local"  # ray: generation on a Ray Data actor pool (`ray:` block)
+    ray: RaySettings = Field(default_factory=RaySettings)
     experiment: str = "umm-eval"
     register_as: str | None = None  # registered model name for a model that is not registered yet
     stage: Literal["all", "generate", "score"] = "all"  # generate → score, or both in one go

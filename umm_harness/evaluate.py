@@ -20,7 +20,7 @@ import umm_harness
 from model_flavors.registry import backbone_class
 from tasks.base import Sample, Task
 from tasks.registry import build_task, suite_benchmarks
-from umm_harness.core.backbone import LazyBackbone
+from umm_harness.core.backbone import Backbone, LazyBackbone
 from umm_harness.batch_size import BatchSizer
 from umm_harness.cache import ResultCache, scorer_identity
 from umm_harness.core.home import umm_home
@@ -29,6 +29,7 @@ from umm_harness.distributed import Ranks, current_ranks
 from umm_harness.core.errors import ConfigError
 from umm_harness.model_ref import ResolvedModel, resolve_model, resolve_registered
 from umm_harness.model_registry import ensure_registered
+from umm_harness.ray_executor import RayExecutor
 from umm_harness.runner import BenchmarkResult, pending_outputs, run_benchmark
 from umm_harness.tracking import git_commit, log_batch, log_benchmark, official
 
@@ -71,7 +72,9 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
                           device=recipe.device, register_as=recipe.register_as, options=recipe.backbone_options,
                           attn_implementation=recipe.attn_implementation, compile=recipe.compile, lazy=True)
     caches = {task.name: _cache(task, model, recipe, ranks) for task in tasks}
-    if isinstance(model.backbone, LazyBackbone) and any(
+    if recipe.executor == "ray" and ranks.world_size > 1:
+        raise ConfigError("--executor ray spreads the work over Ray actors: use it without torchrun ranks")
+    if recipe.executor == "local" and isinstance(model.backbone, LazyBackbone) and any(
             pending_outputs(task, model.backbone, caches[task.name], limit=recipe.limit, samples=samples[task.name],
                             shard=(ranks.rank, ranks.world_size)) for task in tasks):
         model.backbone.loaded()  # now, so that a model that cannot load fails before any run exists
@@ -129,7 +132,7 @@ def _run_task(task: Task, model: ResolvedModel, recipe: EvalRecipe, ranks: Ranks
     sizer = BatchSizer(recipe.batch_size, umm_home() / "batch_sizes.json", model.digest)
     run = partial(run_benchmark, task, model.backbone, run_seed=recipe.seed, batch_size=sizer,
                   overrides=recipe.params, limit=recipe.limit, samples=samples,
-                  scorer=scorer_identity(task, recipe.judge))
+                  scorer=scorer_identity(task, recipe.judge), executor=_executor(recipe))
     if ranks.world_size == 1:
         return run(cache, stage=recipe.stage), cache
     shard = run(cache, stage="generate", shard=(ranks.rank, ranks.world_size))
@@ -149,6 +152,25 @@ def _tag_if_all_skipped(benchmark: str, result: BenchmarkResult) -> None:
         reason = sorted(set(result.skipped.values()))[0]
         log.warning("%s: every sample skipped (%s)", benchmark, reason)
         log_batch(tags={"umm.skipped": reason})
+
+
+def _executor(recipe: EvalRecipe) -> RayExecutor | None:
+    """The Ray executor a recipe asks for (None: generate in this process). Its actors load the
+    model as this process would, with the same store and home folder."""
+    if recipe.executor == "local":
+        return None
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative to this process's folder
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    env = {"MLFLOW_TRACKING_URI": uri, "UMM_HOME": str(umm_home().resolve()), "CI": os.environ.get("CI")}
+    return RayExecutor(partial(load_backbone, recipe), recipe.ray, env)
+
+
+def load_backbone(recipe: EvalRecipe) -> Backbone:
+    """The recipe's model, loaded now (in a Ray actor)."""
+    return resolve_model(recipe.model, backbone=recipe.backbone, revision=recipe.revision, dtype=recipe.dtype,
+                         device=recipe.device, options=recipe.backbone_options,
+                         attn_implementation=recipe.attn_implementation, compile=recipe.compile).backbone
 
 
 def _scorer_tag(task: Task) -> dict[str, str]:

@@ -13,8 +13,9 @@ import os
 import sys
 import time
 from itertools import takewhile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from tqdm import tqdm
 
@@ -23,12 +24,20 @@ from umm_harness.core.backbone import Backbone
 from umm_harness.batch_size import BatchSizer
 from umm_harness.cache import ResultCache
 from umm_harness.core.errors import ConfigError
-from umm_harness.core.requests import InferenceParams, InferenceRequest
+from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult
 from umm_harness.core.seeding import sample_seed
 
 log = logging.getLogger(__name__)
 
 Stage = Literal["all", "generate", "score"]
+
+
+class BatchExecutor(Protocol):
+    """Runs planned batches elsewhere (e.g. `umm_harness.ray_executor`): yields (batch index, results,
+    seconds in the model) as each batch finishes, in any order."""
+
+    def run_batches(self, batches: list[list[InferenceRequest]]) -> Iterator[tuple[int, list[InferenceResult], float]]:
+        ...
 
 
 def progress_enabled() -> bool:
@@ -102,6 +111,29 @@ def pending_outputs(task: Task, backbone: Backbone, cache: ResultCache, *, limit
     return sum((s.id, k) not in cache for s, k in mine)
 
 
+def _generate_elsewhere(executor: BatchExecutor, pending: list[tuple[Sample, int]], sizer: BatchSizer,
+                        cache: ResultCache, run_seed: int, overrides: InferenceParams, bar: tqdm) -> float:
+    """The pending outputs in the same batches as the local loop, through `executor`; each finished
+    batch goes to the cache as it arrives, so a killed driver loses nothing that came back."""
+    batches: list[list[tuple[Sample, int]]] = []
+    start = 0
+    while start < len(pending):
+        kind = pending[start][0].request.task
+        batches.append(list(takewhile(lambda item: item[0].request.task == kind,
+                                      pending[start : start + sizer.size(kind)])))
+        start += len(batches[-1])
+    requests = [[request_for(sample, k, run_seed, overrides) for sample, k in batch] for batch in batches]
+    model_seconds = 0.0
+    for index, results, seconds in executor.run_batches(requests):
+        cache.add_batch([
+            (sample.id, k, request.params.seed, result.text, result.images, result.elapsed_s)
+            for (sample, k), request, result in zip(batches[index], requests[index], results)
+        ])
+        model_seconds += seconds
+        bar.update(len(results))
+    return model_seconds
+
+
 def run_benchmark(
     task: Task,
     backbone: Backbone | None,
@@ -116,6 +148,7 @@ def run_benchmark(
     shard: tuple[int, int] = (0, 1),
     samples: list[Sample] | None = None,
     scorer: str | None = None,
+    executor: BatchExecutor | None = None,
 ) -> BenchmarkResult:
     """Stage 1 (`generate`), stage 2 (`score`) or both (`all`) of one benchmark.
 
@@ -124,6 +157,8 @@ def run_benchmark(
     output only (data-parallel ranks split the work this way, deterministically). `samples`:
     the task's samples, when the caller has loaded them already. `scorer`: the scorer's identity
     (`cache.scorer_identity`); records it already gave these very outputs are reused, not recomputed.
+    `executor`: generate there (batches of the sizer's size, no out-of-memory back-off) instead of
+    calling `backbone` here.
     """
     overrides = overrides or InferenceParams()
     samples, failed, skipped, runnable, mine = _plan(task, backbone, capabilities, limit, shard, samples)
@@ -139,7 +174,9 @@ def run_benchmark(
     sizer = batch_size if isinstance(batch_size, BatchSizer) else BatchSizer(batch_size)
     model_seconds = 0.0
     with tqdm(total=len(pending), desc=f"{task.name}: generate", unit="out", disable=not progress_enabled()) as bar:
-        done = 0
+        if executor is not None and pending:
+            model_seconds = _generate_elsewhere(executor, pending, sizer, cache, run_seed, overrides, bar)
+        done = len(pending) if executor is not None else 0
         while done < len(pending):
             kind = pending[done][0].request.task
             batch = list(takewhile(lambda item: item[0].request.task == kind,
