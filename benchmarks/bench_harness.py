@@ -208,6 +208,18 @@ def main() -> None:
             raise SystemExit("the two-node eval failed")
         figures["nodes2_speedup"] = timings[1] / (time.perf_counter() - start)
 
+        # 4c. the Ray executor (local Ray, 2 actors of half a CPU) against the local executor, same work.
+        timings = {}
+        for executor in ("local", "ray"):
+            shutil.rmtree(work / "home" / "cache", ignore_errors=True)
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "umm_harness", "eval", "--limit", str(args.samples),
+                            "--batch-size", "8", "--executor", executor, "--threads", "1",
+                            "--device", args.device, "--dtype", args.dtype],
+                           check=True, capture_output=True, env={**os.environ, "CI": "1"})
+            timings[executor] = time.perf_counter() - start
+        figures["ray_ratio"] = timings["ray"] / timings["local"]
+
         # 5. serving: requests/s through `mlflow models serve` vs direct pyfunc predict.
         rows = [{"task": "understanding", "prompt": "Is there a red circle?", "images": []}]
         served, direct = serve_ratio(f"models:/{first.model_name}/{first.model_version}", rows, args.requests)
