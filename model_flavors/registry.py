@@ -14,6 +14,8 @@ BACKBONES: dict[str, str] = {
     "emu3": "model_flavors.emu3:Emu3",
     "diffusers": "model_flavors.diffusers_backbone:DiffusersBackbone",
     "bagel": "model_flavors.bagel:Bagel",
+    "blip3o_next": "model_flavors.blip3o_next:Blip3oNext",
+    "mmada": "model_flavors.mmada:Mmada",
 }
 
 # Published checkpoints whose backbone is known without reading their config (each adapter's
@@ -25,6 +27,10 @@ HUB_IDS: dict[str, str] = {
     "BAAI/Emu3-Gen-hf": "emu3",
     "BAAI/Emu3-Chat-hf": "emu3",
     "ByteDance-Seed/BAGEL-7B-MoT": "bagel",
+    "BLIP3o/BLIP3o-NEXT-SFT-3B": "blip3o_next",
+    "BLIP3o/BLIP3o-NEXT-GRPO-Geneval-3B": "blip3o_next",
+    "Gen-Verse/MMaDA-8B-Base": "mmada",
+    "Gen-Verse/MMaDA-8B-MixCoT": "mmada",
     "stabilityai/stable-diffusion-3.5-large": "diffusers",
     "stabilityai/stable-diffusion-3-medium-diffusers": "diffusers",
     "black-forest-labs/FLUX.1-dev": "diffusers",
@@ -38,10 +44,11 @@ HUB_IDS: dict[str, str] = {
 }
 
 # transformers `model_type` of a checkpoint folder → backbone key.
-MODEL_TYPES: dict[str, str] = {"janus": "janus_pro", "emu3": "emu3"}
+MODEL_TYPES: dict[str, str] = {"janus": "janus_pro", "emu3": "emu3", "blip3o_qwen_inference": "blip3o_next",
+                               "mmada": "mmada"}
 
 # Marker files of checkpoint folders that have no transformers config.
-MARKER_FILES: dict[str, str] = {"model_index.json": "diffusers", "umm_bagel.json": "bagel"}
+MARKER_FILES: dict[str, str] = {"model_index.json": "diffusers", "umm_bagel.json": "bagel", "umm_mmada.json": "mmada"}
 
 # `umm models init-tiny <name>` and `tiny:<name>` model references.
 TINY_BUILDERS: dict[str, str] = {
@@ -49,6 +56,8 @@ TINY_BUILDERS: dict[str, str] = {
     "emu3": "model_flavors.emu3:build_tiny",
     "diffusers-sd": "model_flavors.diffusers_backbone:build_tiny",
     "diffusers-ip2p": "model_flavors.diffusers_backbone:build_tiny_editing",
+    "blip3o-next": "model_flavors.blip3o_next:build_tiny",
+    "mmada": "model_flavors.mmada:build_tiny",
 }
 
 

@@ -1,0 +1,110 @@
+"""A user's checkout of a model's own repository: found, checked for layout and commit, imported
+under a private package name.
+
+Upstream research code uses generic top-level names (`models`, `training`, `modeling`) that
+clash with each other and with this project's packages, so a checkout's packages are imported
+as `_umm_<model>.<name>` (relative imports inside them keep working) and never put on sys.path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+from model_flavors.bagel import checkout_commit
+from umm_harness.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+COMMIT_FILE = ".upstream-commit"  # a snapshot without .git names its commit here
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a backbone's code comes from: the repository, the commit the adapter was written against,
+    the files that identify a checkout, and the environment variable that names one."""
+
+    name: str
+    url: str
+    commit: str
+    markers: tuple[str, ...]
+    env: str
+
+    @property
+    def any_commit_env(self) -> str:
+        return f"{self.env}_ANY_COMMIT"
+
+    def how_to_get(self) -> str:
+        return (f"clone {self.url}, `git checkout {self.commit[:12]}`, then set `repo_path` in the recipe "
+                f"(backbone_options) or {self.env}=<checkout>")
+
+    def commit_of(self, repo: Path) -> str | None:
+        commit = checkout_commit(repo)
+        if commit is None and (repo / COMMIT_FILE).is_file():
+            commit = (repo / COMMIT_FILE).read_text().strip()
+        return commit
+
+    def resolve(self, repo_path: str | Path | None) -> Path:
+        chosen = repo_path or os.environ.get(self.env)
+        if not chosen:
+            raise ConfigError(f"{self.name} runs on its authors' code and no checkout is set: {self.how_to_get()}")
+        repo = Path(chosen).expanduser()
+        if not repo.is_dir():
+            raise ConfigError(f"{self.name} checkout '{repo}' does not exist: {self.how_to_get()}")
+        absent = [marker for marker in self.markers if not (repo / marker).exists()]
+        if absent:
+            raise ConfigError(f"'{repo}' is not a checkout of {self.url} (no {', '.join(absent)}): {self.how_to_get()}")
+        commit = self.commit_of(repo)
+        if commit is None:
+            log.warning("cannot tell which commit %s is; the %s adapter was written against %s", repo, self.name,
+                        self.commit[:12])
+        elif commit != self.commit and os.environ.get(self.any_commit_env) != "1":
+            raise ConfigError(f"{self.name} checkout '{repo}' is at commit {commit[:12]}, but the adapter was written "
+                              f"against {self.commit[:12]}; check that commit out, or set {self.any_commit_env}=1 "
+                              f"to try this one anyway")
+        return repo.resolve()
+
+
+def private_package(alias: str, folder: Path) -> types.ModuleType:
+    """`folder` as the package `alias` (without running its __init__), so its modules import as alias.x."""
+    parent, _, _ = alias.rpartition(".")
+    if parent and parent not in sys.modules:
+        sys.modules[parent] = types.ModuleType(parent)
+        sys.modules[parent].__path__ = []
+    existing = sys.modules.get(alias)
+    if existing is not None:
+        if list(getattr(existing, "__path__", [])) != [str(folder)]:
+            raise ConfigError(f"{alias} is already imported from {list(existing.__path__)}; one checkout per process")
+        return existing
+    package = types.ModuleType(alias)
+    package.__path__ = [str(folder)]
+    sys.modules[alias] = package
+    return package
+
+
+def module_from_file(alias: str, file: Path) -> types.ModuleType:
+    """One upstream file imported as module `alias` (for files whose package __init__ pulls in too much)."""
+    if alias in sys.modules:
+        return sys.modules[alias]
+    spec = importlib.util.spec_from_file_location(alias, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[alias] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[alias]
+        raise
+    return module
+
+
+def import_or_explain(name: str, upstream: Upstream, requirements: tuple[str, ...]) -> types.ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigError(f"importing {upstream.name}'s code ({name}) failed: {exc}; install what it needs: "
+                          f"pip install {' '.join(repr(r) for r in requirements)}") from None
