@@ -16,7 +16,16 @@ BACKBONES: dict[str, str] = {
     "bagel": "model_flavors.bagel:Bagel",
     "blip3o_next": "model_flavors.blip3o_next:Blip3oNext",
     "mmada": "model_flavors.mmada:Mmada",
+    "show_o2": "model_flavors.upstream_only:ShowO2",
+    "janus_flow": "model_flavors.upstream_only:JanusFlow",
+    "tokenflow": "model_flavors.upstream_only:TokenFlow",
+    "deepgen": "model_flavors.upstream_only:DeepGen",
+    "emu3_5": "model_flavors.upstream_only:Emu3p5",
+    "ovis_u1": "model_flavors.upstream_only:OvisU1",
 }
+
+# Reference-system backbone names that an adapter above serves under another key.
+ALIASES: dict[str, str] = {"janus": "janus_pro", "blip3o": "blip3o_next"}
 
 # Published checkpoints whose backbone is known without reading their config (each adapter's
 # `hub_ids`, written out here so resolving a reference imports no model library).
@@ -31,6 +40,16 @@ HUB_IDS: dict[str, str] = {
     "BLIP3o/BLIP3o-NEXT-GRPO-Geneval-3B": "blip3o_next",
     "Gen-Verse/MMaDA-8B-Base": "mmada",
     "Gen-Verse/MMaDA-8B-MixCoT": "mmada",
+    "showlab/show-o2-1.5B": "show_o2",
+    "showlab/show-o2-1.5B-HQ": "show_o2",
+    "showlab/show-o2-7B": "show_o2",
+    "deepseek-ai/JanusFlow-1.3B": "janus_flow",
+    "ByteFlow-AI/TokenFlow-t2i": "tokenflow",
+    "deepgenteam/DeepGen-1.0-diffusers": "deepgen",
+    "deepgenteam/DeepGen-1.0": "deepgen",
+    "BAAI/Emu3.5": "emu3_5",
+    "BAAI/Emu3.5-Image": "emu3_5",
+    "AIDC-AI/Ovis-U1-3B": "ovis_u1",
     "stabilityai/stable-diffusion-3.5-large": "diffusers",
     "stabilityai/stable-diffusion-3-medium-diffusers": "diffusers",
     "black-forest-labs/FLUX.1-dev": "diffusers",
@@ -72,6 +91,7 @@ def normalize_key(key: str) -> str:
 
 def backbone_class(key: str) -> type[Backbone]:
     normalized = normalize_key(key)
+    normalized = ALIASES.get(normalized, normalized)
     if normalized not in BACKBONES:
         raise ConfigError(f"unknown backbone '{key}'; known backbones: {', '.join(sorted(BACKBONES))}")
     return _import(BACKBONES[normalized])

@@ -295,13 +295,20 @@ def init_tiny(name: str, out: Path | None, seed: int) -> None:
 
 @models_group.command("list")
 def list_models() -> None:
-    """Every backbone with its capabilities, route and what it needs installed."""
-    from model_flavors.registry import BACKBONES, backbone_class
+    """Every backbone with its capabilities, route, environment, status and what it needs installed."""
+    from model_flavors.registry import ALIASES, BACKBONES, backbone_class
 
+    click.echo(f"{'key':12s} {'tasks':34s} {'route':18s} {'environment':12s} {'status':13s} needs")
     for key in sorted(BACKBONES):
-        info = backbone_class(key).describe()
-        click.echo(f"{key:10s} {', '.join(info['capabilities']):34s} {info['route']:18s} "
-                   f"needs: {', '.join(info['requires'])}")
+        cls = backbone_class(key)
+        info = cls.describe()
+        # A backbone that declares its own pins (`requirements`) runs in an environment built from them.
+        environment = "own" if getattr(cls, "requirements", None) else "harness"
+        status = getattr(cls, "status", "runs here")
+        click.echo(f"{key:12s} {', '.join(info['capabilities']):34s} {info['route']:18s} {environment:12s} "
+                   f"{status:13s} {', '.join(info['requires'])}")
+    for alias, key in sorted(ALIASES.items()):
+        click.echo(f"{alias:12s} → {key}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -91,6 +91,7 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
         "umm.ranks": str(ranks.world_size),
         "umm.capabilities": ",".join(sorted(model.backbone.capabilities)),
         **({"umm.attn_implementation": model.backbone.attn_implementation} if model.backbone.attn_implementation else {}),
+        **({"umm.trust_remote_code": "true"} if recipe.backbone_options.get("trust_remote_code") else {}),
         "umm.git_commit": git_commit(),
         "umm.harness_version": umm_harness.__version__,
     }
