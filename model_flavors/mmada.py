@@ -39,9 +39,7 @@ import json
 import logging
 import math
 import os
-import sys
 import time
-import types
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +50,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model_flavors.upstream_checkout import Upstream, import_or_explain, module_from_file, private_package
+from model_flavors.upstream_checkout import (
+    Upstream,
+    diffusers_modelmixin_standin,
+    import_or_explain,
+    module_from_file,
+    private_package,
+)
 from umm_harness.core.backbone import Backbone, ModelInfo, require_safetensors
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
@@ -91,16 +95,7 @@ def import_upstream(repo: Path) -> SimpleNamespace:
     """MMaDA's classes from `repo`, with diffusers' ModelMixin standing in for its vendored copy."""
     private_package(_ALIAS, repo)
     private_package(f"{_ALIAS}.models", repo / "models")
-    standin = f"{_ALIAS}.models.modeling_utils"
-    if standin not in sys.modules:
-        try:
-            from diffusers import ConfigMixin, ModelMixin
-            from diffusers.configuration_utils import register_to_config
-        except ImportError:
-            raise ConfigError(f"MMaDA's MAGVITv2 needs diffusers: pip install {' '.join(REQUIREMENTS)}") from None
-        module = types.ModuleType(standin)
-        module.ModelMixin, module.ConfigMixin, module.register_to_config = ModelMixin, ConfigMixin, register_to_config
-        sys.modules[standin] = module
+    diffusers_modelmixin_standin(f"{_ALIAS}.models.modeling_utils", REQUIREMENTS)
     names = {"magvit": "modeling_magvitv2", "llada_config": "configuration_llada", "mmada": "modeling_mmada",
              "sampling": "sampling"}
     api = {key: import_or_explain(f"{_ALIAS}.models.{module}", UPSTREAM, REQUIREMENTS) for key, module in names.items()}

@@ -16,7 +16,7 @@ BACKBONES: dict[str, str] = {
     "bagel": "model_flavors.bagel:Bagel",
     "blip3o_next": "model_flavors.blip3o_next:Blip3oNext",
     "mmada": "model_flavors.mmada:Mmada",
-    "show_o": "model_flavors.upstream_only:ShowO",
+    "show_o": "model_flavors.show_o:ShowO",
     "show_o2": "model_flavors.upstream_only:ShowO2",
     "janus_flow": "model_flavors.upstream_only:JanusFlow",
     "tokenflow": "model_flavors.upstream_only:TokenFlow",
@@ -43,8 +43,6 @@ HUB_IDS: dict[str, str] = {
     "Gen-Verse/MMaDA-8B-MixCoT": "mmada",
     "showlab/show-o": "show_o",
     "showlab/show-o-512x512": "show_o",
-    "showlab/show-o-w-clip-vit": "show_o",
-    "showlab/show-o-w-clip-vit-512x512": "show_o",
     "showlab/show-o2-1.5B": "show_o2",
     "showlab/show-o2-1.5B-HQ": "show_o2",
     "showlab/show-o2-7B": "show_o2",
@@ -72,7 +70,8 @@ MODEL_TYPES: dict[str, str] = {"janus": "janus_pro", "emu3": "emu3", "blip3o_qwe
                                "mmada": "mmada"}
 
 # Marker files of checkpoint folders that have no transformers config.
-MARKER_FILES: dict[str, str] = {"model_index.json": "diffusers", "umm_bagel.json": "bagel", "umm_mmada.json": "mmada"}
+MARKER_FILES: dict[str, str] = {"model_index.json": "diffusers", "umm_bagel.json": "bagel", "umm_mmada.json": "mmada",
+                                "umm_show_o.json": "show_o"}
 
 # `umm models init-tiny <name>` and `tiny:<name>` model references.
 TINY_BUILDERS: dict[str, str] = {
@@ -82,6 +81,7 @@ TINY_BUILDERS: dict[str, str] = {
     "diffusers-ip2p": "model_flavors.diffusers_backbone:build_tiny_editing",
     "blip3o-next": "model_flavors.blip3o_next:build_tiny",
     "mmada": "model_flavors.mmada:build_tiny",
+    "show-o": "model_flavors.show_o:build_tiny",
 }
 
 

@@ -102,6 +102,23 @@ def module_from_file(alias: str, file: Path) -> types.ModuleType:
     return module
 
 
+def diffusers_modelmixin_standin(module_name: str, requirements: tuple[str, ...]) -> None:
+    """Put the installed diffusers' `ModelMixin`, `ConfigMixin` and `register_to_config` in place of
+    an upstream module that is a vendored copy of an old diffusers `modeling_utils` (MMaDA's and
+    Show-o's import names diffusers >=0.35 removed, e.g. `FLAX_WEIGHTS_NAME`). Their models only
+    subclass those three names."""
+    if module_name in sys.modules:
+        return
+    try:
+        from diffusers import ConfigMixin, ModelMixin
+        from diffusers.configuration_utils import register_to_config
+    except ImportError:
+        raise ConfigError(f"{module_name} needs diffusers: pip install {' '.join(requirements)}") from None
+    module = types.ModuleType(module_name)
+    module.ModelMixin, module.ConfigMixin, module.register_to_config = ModelMixin, ConfigMixin, register_to_config
+    sys.modules[module_name] = module
+
+
 def import_or_explain(name: str, upstream: Upstream, requirements: tuple[str, ...]) -> types.ModuleType:
     try:
         return importlib.import_module(name)

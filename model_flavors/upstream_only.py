@@ -1,5 +1,5 @@
 """Backbones that run only on their authors' code, where that code does not run on this kind of
-machine yet: Show-o, Show-o2, JanusFlow, TokenFlow, DeepGen, Emu3.5 and Ovis-U1.
+machine yet: Show-o2, JanusFlow, TokenFlow, DeepGen, Emu3.5 and Ovis-U1.
 
 Each adapter is the part of a backbone that does not depend on running the model: capabilities,
 hub ids, the model card's / repository's inference defaults, the translation of a request into
@@ -91,42 +91,6 @@ class UpstreamOnly(Backbone):
         raise self.blocked()
 
     understand = generate = edit = _refuse
-
-
-class ShowO(UpstreamOnly):
-    key: ClassVar[str] = "show_o"
-    capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation"})
-    hub_ids: ClassVar[tuple[str, ...]] = ("showlab/show-o", "showlab/show-o-512x512", "showlab/show-o-w-clip-vit",
-                                          "showlab/show-o-w-clip-vit-512x512")
-    notes: ClassVar[str] = "Phi-1.5 + discrete diffusion over MAGVIT-v2 tokens (VQ: showlab/magvitv2)"
-    source: ClassVar[Upstream] = Upstream(
-        "Show-o", "https://github.com/showlab/Show-o", "45a5a2de01d1ebd10cd5864d29310a76476cdf23",
-        ("models/modeling_showo.py", "models/phi.py", "training/prompting_utils.py"), "UMM_SHOW_O_REPO")
-    status: ClassVar[str] = "own env only"
-    requires: ClassVar[tuple[str, ...]] = ("a checkout of showlab/Show-o", "transformers<5 (its vendored Phi)",
-                                           "diffusers<0.35 (its ModelMixin copy)")
-    # Upstream pins (torch 2.2.1, transformers 4.41.1, diffusers 0.30.1, ...) adjusted to the CPU torch wheel.
-    requirements: ClassVar[tuple[str, ...]] = ("torch==2.13.0", "transformers==4.41.1", "diffusers==0.30.1",
-                                               "huggingface_hub<0.26", "omegaconf", "einops", "jaxtyping",
-                                               "typeguard", "numpy<2")
-    cards: ClassVar[dict[TaskKind, TaskCard]] = {
-        "generation": TaskCard(InferenceParams(seed=0, guidance_scale=5.0, steps=50, temperature=1.0, image_size=512),
-                               {"guidance_scale": "guidance_scale", "steps": "timesteps", "temperature": "temperature",
-                                "seed": "seed"}, fixed={"noise_schedule": "cosine", "max_text_len": 128},
-                               image_sizes=(256, 512)),
-        "understanding": TaskCard(InferenceParams(seed=0, max_new_tokens=100, temperature=0.0),
-                                  {"max_new_tokens": "max_new_tokens"},
-                                  fixed={"top_k": 1, "template": "USER: \n{question} ASSISTANT:"}),
-    }
-    blocked_here: ClassVar[str] = (
-        "in the harness's environment its vendored Phi reads config.rope_theta, which transformers 5 folds into "
-        "rope_parameters, and its models/modeling_utils.py is a copy of an old diffusers ModelMixin that fails on "
-        "diffusers>=0.35; it needs its own environment (the `requirements` above), which this branch does not "
-        "build (that is the environment-isolation route).")
-    gpu_run: ClassVar[str] = (
-        "in an environment from the checkout's requirements.txt, `python inference_t2i.py "
-        "config=configs/showo_demo_512x512.yaml batch_size=1 guidance_scale=5 generation_timesteps=50 "
-        "mode='t2i'` and `python inference_mmu.py config=configs/showo_demo_w_clip_vit_512x512.yaml ...`.")
 
 
 class ShowO2(UpstreamOnly):
@@ -328,4 +292,4 @@ class OvisU1(UpstreamOnly):
         raise cls.blocked()
 
 
-BLOCKED: tuple[type[UpstreamOnly], ...] = (ShowO, ShowO2, JanusFlow, TokenFlow, DeepGen, Emu3p5, OvisU1)
+BLOCKED: tuple[type[UpstreamOnly], ...] = (ShowO2, JanusFlow, TokenFlow, DeepGen, Emu3p5, OvisU1)

@@ -10,14 +10,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from model_flavors import registry
-from model_flavors.upstream_only import BLOCKED, DeepGen, Emu3p5, JanusFlow, OvisU1, ShowO, ShowO2, TokenFlow
+from model_flavors.upstream_only import BLOCKED, DeepGen, Emu3p5, JanusFlow, OvisU1, ShowO2, TokenFlow
 from tests.conftest import REPO
 from umm_harness.cli import cli
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceRequest
 
 UPSTREAM = REPO.parent / "shared" / "upstream"
-CHECKOUTS = {ShowO: "show-o", ShowO2: "show-o", JanusFlow: "janus", TokenFlow: "tokenflow", DeepGen: "deepgen", Emu3p5: "emu3.5"}
+CHECKOUTS = {ShowO2: "show-o", JanusFlow: "janus", TokenFlow: "tokenflow", DeepGen: "deepgen", Emu3p5: "emu3.5"}
 RED = Image.new("RGB", (32, 32), "red")
 
 

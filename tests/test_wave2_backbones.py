@@ -1,10 +1,10 @@
-"""BLIP3o-NEXT (native parts, own glue) and MMaDA (its authors' code from a checkout) as tiny
+"""BLIP3o-NEXT (native parts, own glue), MMaDA and Show-o (their authors' code from a checkout) as tiny
 random-weight models of their real classes, through the same path as Janus-Pro: request
 translation and errors, per-sample seeds, save → reload in a fresh process with the same
 outputs, log → register → `umm eval` on `shapes`, and (slow) `mlflow models serve`.
 
-MMaDA's code is the pinned snapshot in ../shared/upstream/mmada, imported from there at run time
-as a user's checkout would be."""
+MMaDA's and Show-o's code are the pinned snapshots in ../shared/upstream/{mmada,show-o}, imported
+from there at run time as a user's checkout would be."""
 
 import json
 import shutil
@@ -25,6 +25,8 @@ from model_flavors.blip3o_next import Blip3oNext, _filter_top_k_top_p
 from model_flavors.blip3o_next import build_tiny as build_tiny_blip3o
 from model_flavors.mmada import UPSTREAM, Mmada, to_vq_pixels
 from model_flavors.mmada import build_tiny as build_tiny_mmada
+from model_flavors.show_o import ShowO
+from model_flavors.show_o import build_tiny as build_tiny_show_o
 from tests.conftest import REPO
 from tests.serving import invoke, served
 from tests.test_backbones_flavor import FRESH_PROCESS, tiny_dir
@@ -35,7 +37,10 @@ from umm_harness.core.requests import InferenceParams, InferenceRequest, decode_
 from umm_harness.evaluate import evaluate
 
 MMADA_REPO = REPO.parent / "shared" / "upstream" / "mmada"
+SHOW_O_REPO = REPO.parent / "shared" / "upstream" / "show-o"
+CHECKOUTS = {"mmada": MMADA_REPO, "show-o": SHOW_O_REPO}
 needs_mmada = pytest.mark.skipif(not MMADA_REPO.is_dir(), reason=f"no MMaDA checkout at {MMADA_REPO}")
+needs_show_o = pytest.mark.skipif(not SHOW_O_REPO.is_dir(), reason=f"no Show-o checkout at {SHOW_O_REPO}")
 SCENE = encode_png(Image.new("RGB", (64, 64), "red"))
 # Few diffusion steps and short answers keep the tiny models fast; the adapters' defaults are the model cards'.
 PARAMS = {"seed": 5, "steps": 2, "max_new_tokens": 8}
@@ -45,6 +50,10 @@ CASES = {
         {"task": "generation", "prompt": "two blue squares", "images": []},
     ]),
     "mmada": ("mmada", partial(build_tiny_mmada, repo_path=MMADA_REPO), Mmada, [
+        {"task": "understanding", "prompt": "Is there a red circle?", "images": [SCENE]},
+        {"task": "generation", "prompt": "a photo of a red circle", "images": []},
+    ]),
+    "show-o": ("show_o", partial(build_tiny_show_o, repo_path=SHOW_O_REPO), ShowO, [
         {"task": "understanding", "prompt": "Is there a red circle?", "images": [SCENE]},
         {"task": "generation", "prompt": "a photo of a red circle", "images": []},
     ]),
@@ -162,10 +171,29 @@ def test_mmada_defaults_errors_and_per_sample_seeds(mmada):
     assert not np.array_equal(np.asarray(first.images[0]), np.asarray(second.images[0]))
 
 
+# -- Show-o --------------------------------------------------------------------------------------
+
+@needs_show_o
+def test_show_o_defaults_errors_and_per_sample_seeds(tmp_path_factory):
+    show_o = ShowO.load(str(tiny_dir(tmp_path_factory, "show-o", CASES["show-o"][1])))
+    card = show_o.default_params("generation")
+    assert (card.guidance_scale, card.steps, card.temperature, card.image_size) == (5.0, 50, 1.0, 64)
+    assert show_o.default_params("understanding").max_new_tokens == 100
+    with pytest.raises(ValueError, match="exactly one image; got 0"):
+        show_o.understand([InferenceRequest(task="understanding", prompt="what is it?")])
+    with pytest.raises(ValueError, match="greedy"):
+        show_o.understand([InferenceRequest(task="understanding", prompt="what?", images=[SCENE],
+                                            params={"temperature": 0.7})])
+    first, second = show_o.generate([_generation(seed=3, steps=2), _generation(seed=4, steps=2)])
+    again = show_o.generate([_generation(seed=4, steps=2)])[0]
+    assert np.array_equal(np.asarray(second.images[0]), np.asarray(again.images[0]))
+    assert not np.array_equal(np.asarray(first.images[0]), np.asarray(second.images[0]))
+
+
 # -- through the flavor and the eval loop ---------------------------------------------------------
 
 def _cases():
-    return {name: case for name, case in CASES.items() if name != "mmada" or MMADA_REPO.is_dir()}
+    return {name: case for name, case in CASES.items() if name not in CHECKOUTS or CHECKOUTS[name].is_dir()}
 
 
 @pytest.mark.slow
@@ -211,7 +239,7 @@ def test_log_register_load_by_uri_and_eval_on_shapes(workspace, tmp_path_factory
         assert parent.data.tags["umm.backbone"] == key and parent.data.tags["umm.suite"] == "shapes"
         assert summary.metrics["shapes/failed_samples"] == 0
         assert 0.0 <= summary.metrics["shapes/generation_overall"] <= 1.0
-        if key == "mmada":
+        if key != "blip3o_next":
             assert 0.0 <= summary.metrics["shapes/understanding_acc"] <= 1.0
 
 
