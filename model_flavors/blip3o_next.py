@@ -110,10 +110,8 @@ class Blip3oNext(Backbone):
     requires: ClassVar[tuple[str, ...]] = ("transformers>=5.0", "diffusers>=0.35")
     hub_ids: ClassVar[tuple[str, ...]] = ("BLIP3o/BLIP3o-NEXT-SFT-3B", "BLIP3o/BLIP3o-NEXT-GRPO-Geneval-3B")
     notes: ClassVar[str] = "Qwen3 → image tokens → Sana + DC-AE; own glue (the upstream repository has no licence)"
+    # Its environment: the harness's plus diffusers. No upstream code runs (UPSTREAM names what was read).
     pip_requirements: ClassVar[tuple[str, ...]] = ("diffusers>=0.35",)
-    # For an isolated environment: what the model needs beyond the harness, and where its design comes from.
-    requirements: ClassVar[tuple[str, ...]] = ("torch==2.13.0", "transformers>=5.0,<6", "diffusers>=0.35")
-    upstream: ClassVar[dict[str, str] | None] = None  # nothing upstream runs; UPSTREAM names what was read
 
     def __init__(self, lm: Qwen3ForCausalLM, tokenizer, sana, vae, scheduler, connector: nn.Module,
                  extras: dict, info: ModelInfo):

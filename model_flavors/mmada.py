@@ -64,7 +64,7 @@ from umm_harness.core.requests import InferenceParams, InferenceRequest, Inferen
 log = logging.getLogger(__name__)
 
 UPSTREAM = Upstream(
-    name="MMaDA", url="https://github.com/Gen-Verse/MMaDA", commit="3cdb8709635beb29f66e4e23cd66060872ac3996",
+    name="MMaDA", repo="https://github.com/Gen-Verse/MMaDA", commit="3cdb8709635beb29f66e4e23cd66060872ac3996",
     markers=("models/modeling_mmada.py", "models/modeling_magvitv2.py", "training/prompting_utils.py"),
     env="UMM_MMADA_REPO",
 )
@@ -156,19 +156,19 @@ class Mmada(Backbone):
     key: ClassVar[str] = "mmada"
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation"})
     route: ClassVar[str] = "upstream"
-    requires: ClassVar[tuple[str, ...]] = (f"a checkout of {UPSTREAM.url} at {UPSTREAM.commit[:12]}",
+    requires: ClassVar[tuple[str, ...]] = (f"a checkout of {UPSTREAM.repo} at {UPSTREAM.commit[:12]}",
                                            "diffusers>=0.35", "omegaconf", "einops", "jaxtyping", "typeguard")
     hub_ids: ClassVar[tuple[str, ...]] = ("Gen-Verse/MMaDA-8B-Base", "Gen-Verse/MMaDA-8B-MixCoT")
     notes: ClassVar[str] = "masked discrete diffusion for text and MAGVIT-v2 image tokens (VQ: showlab/magvitv2)"
-    pip_requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS[2:]
-    # For an isolated environment: upstream pins (transformers 4.46, diffusers 0.32.2) adjusted to
-    # what runs here (checked: transformers 5.25, diffusers 0.42.1, the CPU torch 2.13.0 wheel).
-    requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS
-    upstream: ClassVar[dict[str, str] | None] = {"repo": UPSTREAM.url, "commit": UPSTREAM.commit}
+    # Its environment beside the harness's base: upstream pins (transformers 4.46, diffusers 0.32.2)
+    # adjusted to what runs here (checked: transformers 5.25, diffusers 0.42.1, the CPU torch 2.13.0 wheel).
+    pip_requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS[2:]  # torch and transformers: the base pins
+    upstream: ClassVar[Upstream] = UPSTREAM
 
     def __init__(self, api: SimpleNamespace, lm, vq, tokenizer, sizes: MmadaSizes, info: ModelInfo):
         self.api, self.lm, self.vq, self.tokenizer = api, lm.eval(), vq.eval(), tokenizer
         self.sizes, self.info = sizes, info
+        self.repo_path = Path(sizes.repo_path) if sizes.repo_path else None  # the checkout this instance runs on
         tokenizer.padding_side = "left"
         self.prompting = api.prompting.UniversalPrompting(
             tokenizer, max_text_len=sizes.max_text_len, special_tokens=SPECIAL_TOKENS, ignore_id=-100,

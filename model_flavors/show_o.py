@@ -50,7 +50,7 @@ from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
 UPSTREAM = Upstream(
-    name="Show-o", url="https://github.com/showlab/Show-o", commit="45a5a2de01d1ebd10cd5864d29310a76476cdf23",
+    name="Show-o", repo="https://github.com/showlab/Show-o", commit="45a5a2de01d1ebd10cd5864d29310a76476cdf23",
     markers=("models/modeling_showo.py", "models/phi.py", "training/prompting_utils.py"), env="UMM_SHOW_O_REPO",
 )
 REQUIREMENTS = ("torch==2.13.0", "transformers>=5.0,<6", "diffusers>=0.35", "omegaconf>=2.3", "einops>=0.7",
@@ -105,18 +105,18 @@ class ShowO(Backbone):
     key: ClassVar[str] = "show_o"
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation"})
     route: ClassVar[str] = "upstream"
-    requires: ClassVar[tuple[str, ...]] = (f"a checkout of {UPSTREAM.url} at {UPSTREAM.commit[:12]}",
+    requires: ClassVar[tuple[str, ...]] = (f"a checkout of {UPSTREAM.repo} at {UPSTREAM.commit[:12]}",
                                            "diffusers>=0.35", "omegaconf", "einops", "jaxtyping", "typeguard")
     hub_ids: ClassVar[tuple[str, ...]] = ("showlab/show-o", "showlab/show-o-512x512")
     notes: ClassVar[str] = "Phi-1.5 + discrete diffusion over MAGVIT-v2 tokens (VQ: showlab/magvitv2)"
-    pip_requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS[2:]
-    # For an isolated environment: upstream pins (transformers 4.41.1, diffusers 0.30.1) adjusted to
-    # what runs with the adapter's accommodations here (transformers 5.25, diffusers 0.42.1).
-    requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS
-    upstream: ClassVar[dict[str, str] | None] = {"repo": UPSTREAM.url, "commit": UPSTREAM.commit}
+    # Its environment beside the harness's base: upstream pins (transformers 4.41.1, diffusers 0.30.1)
+    # adjusted to what runs with the adapter's accommodations here (transformers 5.25, diffusers 0.42.1).
+    pip_requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS[2:]  # torch and transformers: the base pins
+    upstream: ClassVar[Upstream] = UPSTREAM
 
     def __init__(self, api: SimpleNamespace, model, vq, tokenizer, sizes: ShowOSizes, info: ModelInfo):
         self.api, self.model, self.vq, self.tokenizer, self.sizes, self.info = api, model.eval(), vq.eval(), tokenizer, sizes, info
+        self.repo_path = Path(sizes.repo_path) if sizes.repo_path else None  # the checkout this instance runs on
         tokenizer.padding_side = "left"
         self.prompting = api.prompting.UniversalPrompting(tokenizer, max_text_len=sizes.max_text_len,
                                                           special_tokens=SPECIAL_TOKENS, ignore_id=-100,

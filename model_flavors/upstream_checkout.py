@@ -27,10 +27,11 @@ COMMIT_FILE = ".upstream-commit"  # a snapshot without .git names its commit her
 @dataclass(frozen=True)
 class Upstream:
     """Where a backbone's code comes from: the repository, the commit the adapter was written against,
-    the files that identify a checkout, and the environment variable that names one."""
+    the files that identify a checkout, and the environment variable that names one. (`repo` and
+    `commit` are what the environment-isolation mechanism reads from a backbone's `upstream`.)"""
 
     name: str
-    url: str
+    repo: str
     commit: str
     markers: tuple[str, ...]
     env: str
@@ -40,7 +41,7 @@ class Upstream:
         return f"{self.env}_ANY_COMMIT"
 
     def how_to_get(self) -> str:
-        return (f"clone {self.url}, `git checkout {self.commit[:12]}`, then set `repo_path` in the recipe "
+        return (f"clone {self.repo}, `git checkout {self.commit[:12]}`, then set `repo_path` in the recipe "
                 f"(backbone_options) or {self.env}=<checkout>")
 
     def commit_of(self, repo: Path) -> str | None:
@@ -58,7 +59,7 @@ class Upstream:
             raise ConfigError(f"{self.name} checkout '{repo}' does not exist: {self.how_to_get()}")
         absent = [marker for marker in self.markers if not (repo / marker).exists()]
         if absent:
-            raise ConfigError(f"'{repo}' is not a checkout of {self.url} (no {', '.join(absent)}): {self.how_to_get()}")
+            raise ConfigError(f"'{repo}' is not a checkout of {self.repo} (no {', '.join(absent)}): {self.how_to_get()}")
         commit = self.commit_of(repo)
         if commit is None:
             log.warning("cannot tell which commit %s is; the %s adapter was written against %s", repo, self.name,

@@ -43,14 +43,10 @@ class UpstreamOnly(Backbone):
     route: ClassVar[str] = "upstream"
     status: ClassVar[str] = "blocked here"
     cards: ClassVar[dict[TaskKind, TaskCard]]
-    source: ClassVar[Upstream]
+    upstream: ClassVar[Upstream]
     blocked_here: ClassVar[str]
     gpu_run: ClassVar[str]
-    requirements: ClassVar[tuple[str, ...]]
-
-    @classmethod
-    def upstream_ref(cls) -> dict[str, str]:
-        return {"repo": cls.source.url, "commit": cls.source.commit}
+    upstream_pins: ClassVar[tuple[str, ...]]  # the repository's own pins: an environment for it starts here
 
     @classmethod
     def translate(cls, request: InferenceRequest) -> dict[str, Any]:
@@ -79,7 +75,7 @@ class UpstreamOnly(Backbone):
     @classmethod
     def load(cls, source: str, *, revision: str | None = None, dtype: str = "bfloat16", device: str = "cuda",
              repo_path: str | Path | None = None) -> UpstreamOnly:
-        cls.source.resolve(repo_path)  # a missing or mismatched checkout is the first thing to fix
+        cls.upstream.resolve(repo_path)  # a missing or mismatched checkout is the first thing to fix
         raise cls.blocked()
 
     def save_pretrained(self, path: Path) -> None:  # never reached: load() refuses
@@ -98,12 +94,12 @@ class ShowO2(UpstreamOnly):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation"})
     hub_ids: ClassVar[tuple[str, ...]] = ("showlab/show-o2-1.5B", "showlab/show-o2-1.5B-HQ", "showlab/show-o2-7B")
     notes: ClassVar[str] = "Qwen2.5 + flow matching in the Wan2.1 VAE latent; SigLIP for understanding"
-    source: ClassVar[Upstream] = Upstream(
+    upstream: ClassVar[Upstream] = Upstream(
         "Show-o2", "https://github.com/showlab/Show-o", "45a5a2de01d1ebd10cd5864d29310a76476cdf23",
         ("show-o2/models/modeling_showo2_qwen2_5.py", "show-o2/inference_t2i.py"), "UMM_SHOW_O_REPO")
     requires: ClassVar[tuple[str, ...]] = ("a checkout of showlab/Show-o (show-o2/)", "timm", "torchvision",
                                            "flash-attn (CUDA)")
-    requirements: ClassVar[tuple[str, ...]] = ("torch==2.5.1", "torchvision", "transformers==4.47.0",
+    upstream_pins: ClassVar[tuple[str, ...]] = ("torch==2.5.1", "torchvision", "transformers==4.47.0",
                                                "diffusers==0.31.0", "timm", "einops==0.8.0", "flash-attn")
     cards: ClassVar[dict[TaskKind, TaskCard]] = {
         "generation": TaskCard(InferenceParams(seed=0, guidance_scale=7.5, steps=50, image_size=432),
@@ -127,11 +123,11 @@ class JanusFlow(UpstreamOnly):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation"})
     hub_ids: ClassVar[tuple[str, ...]] = ("deepseek-ai/JanusFlow-1.3B",)
     notes: ClassVar[str] = "rectified flow in the SDXL VAE latent (stabilityai/sdxl-vae, bf16)"
-    source: ClassVar[Upstream] = Upstream(
+    upstream: ClassVar[Upstream] = Upstream(
         "JanusFlow", "https://github.com/deepseek-ai/Janus", "1daa72fa409002d40931bd7b36a9280362469ead",
         ("janus/janusflow/models/modeling_vlm.py",), "UMM_JANUS_REPO")
     requires: ClassVar[tuple[str, ...]] = ("a checkout of deepseek-ai/Janus", "attrdict", "timm", "torchvision")
-    requirements: ClassVar[tuple[str, ...]] = ("torch>=2.0.1", "torchvision", "transformers>=4.38.2", "timm>=0.9.16",
+    upstream_pins: ClassVar[tuple[str, ...]] = ("torch>=2.0.1", "torchvision", "transformers>=4.38.2", "timm>=0.9.16",
                                                "accelerate", "sentencepiece", "attrdict", "einops", "diffusers")
     cards: ClassVar[dict[TaskKind, TaskCard]] = {
         "generation": TaskCard(InferenceParams(seed=0, guidance_scale=2.0, steps=30, image_size=384),
@@ -155,11 +151,11 @@ class TokenFlow(UpstreamOnly):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"generation"})
     hub_ids: ClassVar[tuple[str, ...]] = ("ByteFlow-AI/TokenFlow-t2i",)
     notes: ClassVar[str] = "next-scale AR over a dual-codebook tokenizer (ByteFlow-AI/TokenFlow, a .pt pickle)"
-    source: ClassVar[Upstream] = Upstream(
+    upstream: ClassVar[Upstream] = Upstream(
         "TokenFlow", "https://github.com/ByteFlow-AI/TokenFlow", "9812da01c0695f4989060cc4eea053715e9e4441",
         ("t2i/llava_t2i",), "UMM_TOKENFLOW_REPO")
     requires: ClassVar[tuple[str, ...]] = ("a checkout of ByteFlow-AI/TokenFlow", "transformers 4.43", "torchvision")
-    requirements: ClassVar[tuple[str, ...]] = ("torch==2.1.2", "torchvision==0.16.2", "transformers==4.43.4",
+    upstream_pins: ClassVar[tuple[str, ...]] = ("torch==2.1.2", "torchvision==0.16.2", "transformers==4.43.4",
                                                "accelerate==0.31.0", "timm==1.0.9", "setuptools<81")
     cards: ClassVar[dict[TaskKind, TaskCard]] = {
         "generation": TaskCard(InferenceParams(seed=0, guidance_scale=7.5, temperature=1.0, image_size=256),
@@ -185,12 +181,12 @@ class DeepGen(UpstreamOnly):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"generation", "editing"})
     hub_ids: ClassVar[tuple[str, ...]] = ("deepgenteam/DeepGen-1.0-diffusers", "deepgenteam/DeepGen-1.0")
     notes: ClassVar[str] = "Qwen2.5-VL-3B conditioning an SD3.5-style 2B DiT (Kontext-style reference tokens)"
-    source: ClassVar[Upstream] = Upstream(
+    upstream: ClassVar[Upstream] = Upstream(
         "DeepGen", "https://github.com/deepgenteam/deepgen", "e6cb0c262611caebf2bf1c39e86be2f9ed636ebe",
         ("src/models", "configs/models/deepgen.py"), "UMM_DEEPGEN_REPO")
     requires: ClassVar[tuple[str, ...]] = ("the hub pipeline script (trust_remote_code) or the checkout's xtuner "
                                            "route", "flash-attn (CUDA)")
-    requirements: ClassVar[tuple[str, ...]] = ("torch==2.8.0", "torchvision==0.23.0", "transformers==4.56.1",
+    upstream_pins: ClassVar[tuple[str, ...]] = ("torch==2.8.0", "torchvision==0.23.0", "transformers==4.56.1",
                                                "diffusers==0.35.2", "accelerate==1.10.1", "mmengine==0.10.6",
                                                "xtuner==0.2.0", "flash_attn==2.8.3")
     _NEGATIVE = ("blurry, low quality, low resolution, distorted, deformed, broken content, missing parts, damaged "
@@ -217,12 +213,12 @@ class Emu3p5(UpstreamOnly):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation", "editing"})
     hub_ids: ClassVar[tuple[str, ...]] = ("BAAI/Emu3.5", "BAAI/Emu3.5-Image")
     notes: ClassVar[str] = "34B next-token model over IBQ image tokens (BAAI/Emu3.5-VisionTokenizer); editing = x2i"
-    source: ClassVar[Upstream] = Upstream(
+    upstream: ClassVar[Upstream] = Upstream(
         "Emu3.5", "https://github.com/baaivision/Emu3.5", "8fcf1da48f9c5252fe0a0b8dc842e07b6efcd745",
         ("src/emu3p5/modeling_emu3.py", "configs/example_config_t2i.py"), "UMM_EMU3_5_REPO")
     requires: ClassVar[tuple[str, ...]] = ("a checkout of baaivision/Emu3.5", "transformers==4.48.2",
                                            "its patched vLLM 0.11 (CUDA) for speed")
-    requirements: ClassVar[tuple[str, ...]] = ("torch>=2.6.0", "torchvision>=0.15.0", "transformers==4.48.2",
+    upstream_pins: ClassVar[tuple[str, ...]] = ("torch>=2.6.0", "torchvision>=0.15.0", "transformers==4.48.2",
                                                "accelerate>=0.20.0", "vllm==0.11.0")
     _IMAGE_SAMPLING = {"image_top_k": 5120, "image_top_p": 1.0, "image_temperature": 1.0,
                        "text_top_k": 1024, "text_top_p": 0.9, "use_differential_sampling": True,
@@ -255,12 +251,12 @@ class OvisU1(UpstreamOnly):
     route: ClassVar[str] = "hub remote code"
     hub_ids: ClassVar[tuple[str, ...]] = ("AIDC-AI/Ovis-U1-3B",)
     notes: ClassVar[str] = "Ovis VLM + MMDiT decoder; its modelling code lives only on the hub (trust_remote_code)"
-    source: ClassVar[Upstream] = Upstream(
+    upstream: ClassVar[Upstream] = Upstream(
         "Ovis-U1", "https://github.com/AIDC-AI/Ovis-U1", "dccf5eb36a725dba482ea506b586362ee2b0a01e",
         ("test_txt_to_img.py",), "UMM_OVIS_U1_REPO")
     requires: ClassVar[tuple[str, ...]] = ("trust_remote_code: true (opt-in)", "transformers==4.51.3",
                                            "diffusers==0.31.0")
-    requirements: ClassVar[tuple[str, ...]] = ("torch==2.4.0", "transformers==4.51.3", "diffusers==0.31.0")
+    upstream_pins: ClassVar[tuple[str, ...]] = ("torch==2.4.0", "transformers==4.51.3", "diffusers==0.31.0")
     cards: ClassVar[dict[TaskKind, TaskCard]] = {
         "generation": TaskCard(InferenceParams(seed=42, guidance_scale=5.0, steps=50, image_size=1024),
                                {"guidance_scale": "txt_cfg", "steps": "num_steps", "image_size": "height",

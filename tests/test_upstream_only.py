@@ -56,21 +56,21 @@ def test_requests_a_model_cannot_take_are_refused_by_field():
 
 @pytest.mark.parametrize("cls", BLOCKED, ids=lambda cls: cls.key)
 def test_loading_says_what_blocks_it_and_what_a_gpu_user_runs(cls, tmp_path, monkeypatch):
-    monkeypatch.delenv(cls.source.env, raising=False)
+    monkeypatch.delenv(cls.upstream.env, raising=False)
     options = {"trust_remote_code": True} if cls is OvisU1 else {}
     if cls in CHECKOUTS:
-        with pytest.raises(ConfigError, match=f"no checkout is set: clone {cls.source.url}"):
+        with pytest.raises(ConfigError, match=f"no checkout is set: clone {cls.upstream.repo}"):
             cls.load(cls.hub_ids[0])
         checkout = UPSTREAM / CHECKOUTS[cls]
         if not checkout.is_dir():
-            pytest.skip(f"no {cls.source.name} checkout at {checkout}")
+            pytest.skip(f"no {cls.upstream.name} checkout at {checkout}")
         options["repo_path"] = checkout
     with pytest.raises(ConfigError) as refused:
         cls.load(cls.hub_ids[0], **options)
     message = str(refused.value)
     assert message.startswith(f"{cls.key} does not run here: ") and "On a machine with a GPU: " in message
     assert cls.blocked_here in message and cls.gpu_run in message
-    assert cls.requirements and cls.upstream_ref()["commit"] == cls.source.commit
+    assert cls.upstream_pins and len(cls.upstream.commit) == 40
 
 
 def test_remote_code_needs_an_explicit_opt_in(caplog):
@@ -89,6 +89,6 @@ def test_models_list_names_every_backbone_of_the_reference_system():
     assert listed.exit_code == 0, listed.output
     rows = {line.split()[0]: line for line in listed.output.splitlines()[1:]}
     assert reference <= set(rows), reference - set(rows)
-    assert "blocked here" in rows["janus_flow"] and "runs here" in rows["mmada"] and "own" in rows["mmada"]
+    assert "upstream pins blocked here" in rows["janus_flow"] and "harness+5     runs here" in rows["mmada"]
     for key in reference:
         assert registry.backbone_class(key).key in registry.BACKBONES

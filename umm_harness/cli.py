@@ -298,14 +298,16 @@ def list_models() -> None:
     """Every backbone with its capabilities, route, environment, status and what it needs installed."""
     from model_flavors.registry import ALIASES, BACKBONES, backbone_class
 
-    click.echo(f"{'key':12s} {'tasks':34s} {'route':18s} {'environment':12s} {'status':13s} needs")
+    click.echo(f"{'key':12s} {'tasks':34s} {'route':18s} {'environment':13s} {'status':13s} needs")
     for key in sorted(BACKBONES):
         cls = backbone_class(key)
         info = cls.describe()
-        # A backbone that declares its own pins (`requirements`) runs in an environment built from them.
-        environment = "own" if getattr(cls, "requirements", None) else "harness"
+        # Blocked backbones need their repository's own pins; others need the harness's plus their extras.
+        extras = len(cls.pip_requirements)
+        environment = ("upstream pins" if getattr(cls, "upstream_pins", None)
+                       else f"harness+{extras}" if extras else "harness")
         status = getattr(cls, "status", "runs here")
-        click.echo(f"{key:12s} {', '.join(info['capabilities']):34s} {info['route']:18s} {environment:12s} "
+        click.echo(f"{key:12s} {', '.join(info['capabilities']):34s} {info['route']:18s} {environment:13s} "
                    f"{status:13s} {', '.join(info['requires'])}")
     for alias, key in sorted(ALIASES.items()):
         click.echo(f"{alias:12s} → {key}")
