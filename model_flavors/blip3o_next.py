@@ -230,6 +230,9 @@ class Blip3oNext(Backbone):
         inputs = self.tokenizer([self.prompt_text(p) for p in prompts], return_tensors="pt", padding=True,
                                 add_special_tokens=False)
         ids, mask = inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
+        start = ids.shape[1] - 1  # left padding puts <S0> at the same column in every row
+        if not bool((ids[:, start - 1] == self.extras["image_start_tag_id"]).all()):
+            raise ConfigError("the prompt does not end in <im_start><S0>: the tokenizer lacks BLIP3o-NEXT's tokens")
         temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(-1)
         past, step_ids = None, ids
         for _ in range(self.sampling.image_tokens):
@@ -246,9 +249,6 @@ class Blip3oNext(Backbone):
             mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
-        start = inputs["input_ids"].shape[1] - 1  # left padding puts <S0> at the same column in every row
-        if not bool((ids[:, start - 1] == self.extras["image_start_tag_id"]).all()):
-            raise RuntimeError("the prompt does not end in <im_start><S0>; the tokenizer lacks BLIP3o-NEXT's tokens")
         return hidden[:, start:]
 
     def paint(self, states: torch.Tensor, params: Sequence[InferenceParams],

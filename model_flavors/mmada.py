@@ -341,7 +341,7 @@ _LLADA_VOCAB = 126464  # the reserved special-token ids (126084..) and the mask 
 
 
 def build_tiny(path: Path, seed: int = 0, repo_path: str | Path | None = None) -> Mmada:
-    """A random MMaDA of the real upstream classes: LLaDA 64 hidden × 2 layers (its vocabulary keeps
+    """A random MMaDA of the real upstream classes: LLaDA 32 hidden × 2 layers (its vocabulary keeps
     LLaDA's size, because upstream hard-codes special-token ids above 126000), a 64-code MAGVITv2
     (×8 down-sampling: 64 px → 64 codes), saved at `path`."""
     import dataclasses
@@ -358,7 +358,7 @@ def build_tiny(path: Path, seed: int = 0, repo_path: str | Path | None = None) -
     codes, resolution = 64, 64
     vocab = _LLADA_VOCAB + codes
     llada = api.llada_config.ModelConfig(
-        d_model=64, n_heads=4, n_layers=2, mlp_hidden_size=128, activation_type="silu", block_type="llama",
+        d_model=32, n_heads=4, n_layers=2, mlp_hidden_size=64, activation_type="silu", block_type="llama",
         layer_norm_type="rms", rope=True, flash_attention=False, vocab_size=vocab, embedding_size=vocab,
         max_sequence_length=512, mask_token_id=126336, include_bias=False, weight_tying=False,
     )
