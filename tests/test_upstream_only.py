@@ -3,7 +3,6 @@ Emu3.5, Ovis-U1): their defaults and request translation, their refusals (which 
 them and what a GPU user runs), the trust_remote_code opt-in, and `umm models list` naming every
 backbone of the reference system."""
 
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner

@@ -7,11 +7,9 @@ MMaDA's and Show-o's code are the pinned snapshots in ../shared/upstream/{mmada,
 from there at run time as a user's checkout would be."""
 
 import json
-import shutil
 import subprocess
 import sys
 from functools import partial
-from pathlib import Path
 
 import mlflow
 import numpy as np
