@@ -47,6 +47,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -57,6 +58,7 @@ from typing import Any, ClassVar, Protocol
 
 from PIL import Image
 
+from model_flavors import bagel_cpu
 from model_flavors.vllm_omni import VllmOmniClient, image_part, text_part
 from umm_harness.core.backbone import Backbone, ModelInfo
 from umm_harness.core.errors import ConfigError
@@ -68,6 +70,9 @@ HUB_ID = "ByteDance-Seed/BAGEL-7B-MoT"
 UPSTREAM_URL = "https://github.com/ByteDance-Seed/Bagel"
 UPSTREAM_COMMIT = "056b5fd51a88c1eb4547318609e25d40080fcf87"
 REFERENCE_FILE = "umm_bagel.json"
+BUILD_FILE = "umm_bagel_build.json"  # a checkpoint that differs from what the notebook hard-codes (tiny builds)
+COMMIT_MARKER = ".upstream-commit"  # a snapshot that is not a git clone names its commit here
+COPY_LIMIT_BYTES = 1 << 30  # local checkpoints below this travel with a saved model; bigger ones by reference
 REPO_ENV = "UMM_BAGEL_REPO"
 ANY_COMMIT_ENV = "UMM_BAGEL_ANY_COMMIT"
 SERVE_HINT = f"vllm serve {HUB_ID} --omni --port 8000"
@@ -161,9 +166,8 @@ class BagelEngine(Protocol):
 
 _UPSTREAM_NAMES = {
     "inferencer": ["InterleaveInferencer"],
-    "data.transforms": ["ImageTransform"],
     "data.data_utils": ["add_special_tokens"],
-    "modeling.autoencoder": ["load_ae"],
+    "modeling.autoencoder": ["load_ae", "AutoEncoder", "AutoEncoderParams"],
     "modeling.bagel": ["BagelConfig", "Bagel", "Qwen2Config", "Qwen2ForCausalLM", "SiglipVisionConfig",
                        "SiglipVisionModel"],
     "modeling.qwen2": ["Qwen2Tokenizer"],
@@ -174,7 +178,11 @@ _INTERLEAVE_ARGS = ("input_lists", "think", "understanding_output", "max_think_t
 
 
 def checkout_commit(repo: Path) -> str | None:
-    """The commit a git checkout has checked out (read from `.git`, no git needed); None if not a git checkout."""
+    """The commit a checkout is at: from `.git` (no git needed), or the commit marker a snapshot
+    bundled into a logged model carries; None if neither says."""
+    marker = repo / COMMIT_MARKER
+    if marker.is_file():
+        return marker.read_text().strip() or None
     git = repo / ".git"
     if git.is_file():  # a worktree: ".git" holds "gitdir: <path>"
         text = git.read_text().strip()
@@ -231,7 +239,8 @@ def resolve_checkout(repo_path: str | Path | None) -> Path:
 
 
 def import_upstream(repo: Path) -> SimpleNamespace:
-    """The upstream names the adapter uses, imported from `repo` (put first on sys.path)."""
+    """The upstream names the adapter uses, imported from `repo` (put first on sys.path), with the
+    CPU and transformers-5 fallbacks of `model_flavors.bagel_cpu` where they are needed."""
     for top in ("inferencer", "data", "modeling"):
         loaded = sys.modules.get(top)
         origin = getattr(loaded, "__file__", None) or "".join(getattr(loaded, "__path__", []) or [])
@@ -242,19 +251,24 @@ def import_upstream(repo: Path) -> SimpleNamespace:
         sys.path.insert(0, str(repo))
     api: dict[str, Any] = {}
     missing = []
-    for module_name, names in _UPSTREAM_NAMES.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ConfigError(
-                f"importing BAGEL's {module_name} from {repo} failed ({exc}); install the checkout's requirements "
-                f"(`pip install -r {repo / 'requirements.txt'}`; flash-attn needs CUDA)"
-            ) from None
-        for name in names:
-            if hasattr(module, name):
-                api[name] = getattr(module, name)
-            else:
-                missing.append(f"{module_name}.{name}")
+    with bagel_cpu.upstream_import_window() as stand_in:
+        for module_name, names in _UPSTREAM_NAMES.items():
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as exc:
+                raise ConfigError(
+                    f"importing BAGEL's {module_name} from {repo} failed ({exc}); install the checkout's "
+                    f"requirements (the adapter's: {', '.join(Bagel.pip_requirements)})"
+                ) from None
+            for name in names:
+                if hasattr(module, name):
+                    api[name] = getattr(module, name)
+                else:
+                    missing.append(f"{module_name}.{name}")
+    if stand_in:
+        log.info("flash-attn is not installed: BAGEL's attention runs on the SDPA stand-in (model_flavors.bagel_cpu)")
+    if bagel_cpu.patch_for_transformers_5():
+        log.info("transformers %s: BAGEL's qwen2 module got the 'default' RoPE initialiser back", transformers_version())
     if missing:
         raise ConfigError(f"BAGEL checkout {repo} lacks {', '.join(missing)}; the adapter was written against "
                           f"commit {UPSTREAM_COMMIT[:12]}")
@@ -266,11 +280,44 @@ def import_upstream(repo: Path) -> SimpleNamespace:
     return SimpleNamespace(**api)
 
 
+def transformers_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformers")
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What the repository's notebook hard-codes for BAGEL-7B-MoT. A checkpoint that differs (a
+    tiny build) says so in `umm_bagel_build.json`: its VAE's `AutoEncoderParams` (else FLUX's,
+    through upstream's `load_ae`), the two image transforms (max side, min side, stride), and the
+    generation size it is made for."""
+
+    vae_params: dict[str, Any] | None = None
+    vae_transform: tuple[int, int, int] = (1024, 512, 16)
+    vit_transform: tuple[int, int, int] = (980, 224, 14)
+    image_size: int = 1024
+    max_latent_size: int = 64
+    vit_max_num_patch_per_side: int = 70
+
+    @classmethod
+    def of(cls, checkpoint: Path) -> BuildSettings:
+        file = checkpoint / BUILD_FILE
+        if not file.is_file():
+            return cls()
+        try:
+            fields = json.loads(file.read_text())
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{file}: not a BAGEL build description ({exc})") from None
+
+
 def build_inferencer(api: SimpleNamespace, checkpoint: Path, dtype: str, device: str) -> Any:
-    """BAGEL-7B-MoT from `checkpoint` on one device, assembled from the upstream pieces."""
+    """A BAGEL checkpoint on one device, assembled from the upstream pieces as `inference.ipynb` does."""
     import torch
     from accelerate import init_empty_weights, load_checkpoint_and_dispatch
 
+    settings = BuildSettings.of(checkpoint)
     torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
     llm_config = api.Qwen2Config.from_json_file(str(checkpoint / "llm_config.json"))
     llm_config.qk_norm = True
@@ -279,10 +326,20 @@ def build_inferencer(api: SimpleNamespace, checkpoint: Path, dtype: str, device:
     vit_config = api.SiglipVisionConfig.from_json_file(str(checkpoint / "vit_config.json"))
     vit_config.rope = False
     vit_config.num_hidden_layers -= 1  # BAGEL uses the penultimate SigLIP layer
-    vae_model, vae_config = api.load_ae(local_path=str(checkpoint / "ae.safetensors"))
+    for config in (llm_config, vit_config):
+        bagel_cpu.config_defaults(config)
+    if settings.vae_params is None:
+        vae_model, vae_config = api.load_ae(local_path=str(checkpoint / "ae.safetensors"))
+    else:
+        from safetensors.torch import load_file
+
+        vae_config = api.AutoEncoderParams(**settings.vae_params)
+        vae_model = api.AutoEncoder(vae_config)
+        vae_model.load_state_dict(load_file(str(checkpoint / "ae.safetensors")))
     config = api.BagelConfig(
         visual_gen=True, visual_und=True, llm_config=llm_config, vit_config=vit_config, vae_config=vae_config,
-        vit_max_num_patch_per_side=70, connector_act="gelu_pytorch_tanh", latent_patch_size=2, max_latent_size=64,
+        vit_max_num_patch_per_side=settings.vit_max_num_patch_per_side, connector_act="gelu_pytorch_tanh",
+        latent_patch_size=2, max_latent_size=settings.max_latent_size,
     )
     with init_empty_weights():
         language_model = api.Qwen2ForCausalLM(llm_config)
@@ -297,8 +354,9 @@ def build_inferencer(api: SimpleNamespace, checkpoint: Path, dtype: str, device:
     ).eval()
     vae_model = vae_model.to(device).eval()  # its checkpoint dtype; upstream runs it under bf16 autocast
     return api.InterleaveInferencer(
-        model=model, vae_model=vae_model, tokenizer=tokenizer, vae_transform=api.ImageTransform(1024, 512, 16),
-        vit_transform=api.ImageTransform(980, 224, 14), new_token_ids=new_token_ids,
+        model=model, vae_model=vae_model, tokenizer=tokenizer,
+        vae_transform=bagel_cpu.ImageTransform(*settings.vae_transform),
+        vit_transform=bagel_cpu.ImageTransform(*settings.vit_transform), new_token_ids=new_token_ids,
     )
 
 
@@ -320,6 +378,7 @@ class UpstreamEngine:
     repo: str
     commit: str | None
     checkpoint: str
+    device: str = "cpu"
     route: ClassVar[str] = "upstream"
 
     @staticmethod
@@ -347,7 +406,8 @@ class UpstreamEngine:
         for call in calls:  # upstream serves one sample per call
             inputs, kwargs = self.arguments(call)
             seed_everything(call.seed)
-            outputs = self.inferencer.interleave_inference(inputs, **kwargs)
+            with bagel_cpu.autocast_for(self.device):
+                outputs = self.inferencer.interleave_inference(inputs, **kwargs)
             texts = [item for item in outputs if isinstance(item, str)]
             images = [item.convert("RGB") for item in outputs if isinstance(item, Image.Image)]
             results.append(("\n".join(texts) if texts else None, images))
@@ -414,35 +474,43 @@ class Bagel(Backbone):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation", "editing"})
     route: ClassVar[str] = "upstream | engine"
     requires: ClassVar[tuple[str, ...]] = (
-        f"upstream: a checkout of {UPSTREAM_URL} at {UPSTREAM_COMMIT[:12]} with its requirements (CUDA, "
-        f"flash-attn) + accelerate; engine: a running vllm-omni server",
+        f"upstream: a checkout of {UPSTREAM_URL} at {UPSTREAM_COMMIT[:12]} (CPU/SDPA fallback when flash-attn is "
+        f"absent); engine: a running vllm-omni server",
     )
     hub_ids: ClassVar[tuple[str, ...]] = (HUB_ID,)
     notes: ClassVar[str] = "model source: a checkpoint (hub id/folder, route upstream) or http://host:port (vllm-omni)"
-    pip_requirements: ClassVar[tuple[str, ...]] = ("requests>=2.31",)  # the engine route; upstream: see requires
+    # BAGEL's own environment: its requirements.txt pins, less what inference does not import
+    # (decord, opencv, torchvision, gradio, wandb, ...), on the CPU torch wheel that installs here.
+    # Its code also runs on the harness's transformers 5 (with the shims of bagel_cpu).
+    pip_requirements: ClassVar[tuple[str, ...]] = (
+        "torch==2.13.0", "transformers==4.49.0", "tokenizers>=0.21,<0.22", "accelerate>=0.34.0", "einops==0.8.1",
+        "safetensors>=0.4.5", "huggingface_hub>=0.26,<1.0", "regex", "numpy", "requests>=2.31",
+    )
+    upstream: ClassVar[tuple[str, str]] = (UPSTREAM_URL, UPSTREAM_COMMIT)
 
-    def __init__(self, engine: BagelEngine, info: ModelInfo, think: bool = False):
+    def __init__(self, engine: BagelEngine, info: ModelInfo, think: bool = False, image_size: int = MAX_IMAGE_SIZE):
         self.engine = engine
         self.info = info
         self.think = think
-
+        self.image_size = image_size  # generation default: the size the checkpoint is made for
+        self.repo_path = Path(engine.repo) if isinstance(engine, UpstreamEngine) else None
 
     @classmethod
     def load(cls, source: str, *, revision: str | None = None, dtype: str = "bfloat16", device: str = "cuda",
              repo_path: str | Path | None = None, think: bool = False,
              client_options: dict[str, Any] | None = None) -> Bagel:
-        if dtype == "float32" and not source.startswith(("http://", "https://")):
-            log.warning("BAGEL in float32 needs ~60 GB; the model card runs it in bfloat16")
         reference_file = Path(source) / REFERENCE_FILE
         if reference_file.is_file():
             reference = json.loads(reference_file.read_text())
             if reference.get("route") == "engine":
                 info = ModelInfo(backbone=cls.key, source=source, dtype=dtype)
                 return cls._from_server(reference["server_url"], info, think, reference.get("model"), client_options)
-            recorded = reference.get("repo_path")
-            repo = repo_path or os.environ.get(REPO_ENV) or recorded
-            return cls._from_checkout(reference["checkpoint"], reference.get("revision"), repo, dtype, device, think,
-                                      info_source=source)
+            repo = repo_path or os.environ.get(REPO_ENV) or reference.get("repo_path")
+            checkpoint = reference["checkpoint"]
+            if checkpoint == ".":  # the checkpoint travels with the reference (a tiny build, a saved model)
+                checkpoint = str(Path(source).resolve())
+            return cls._from_checkout(checkpoint, reference.get("revision"), repo, dtype, device,
+                                      think or bool(reference.get("think")), info_source=source)
         if source.startswith(("http://", "https://")):
             return cls._from_server(source, ModelInfo(backbone=cls.key, source=source, dtype=dtype), think, None,
                                     client_options)
@@ -466,7 +534,9 @@ class Bagel(Backbone):
         repo = resolve_checkout(repo_path)
         api = import_upstream(repo)
         folder = Path(checkpoint)
-        if not folder.is_dir():
+        if folder.is_dir():
+            checkpoint = str(folder.resolve())
+        else:
             from huggingface_hub import snapshot_download
 
             folder = Path(snapshot_download(checkpoint, revision=revision))
@@ -475,22 +545,34 @@ class Bagel(Backbone):
         if missing:
             raise ConfigError(f"{folder} is not a BAGEL checkpoint (missing {', '.join(missing)}); "
                               f"download {HUB_ID}")
+        settings = BuildSettings.of(folder)
+        if dtype == "float32" and settings.vae_params is None:
+            log.warning("BAGEL in float32 needs ~60 GB; the model card runs it in bfloat16")
         inferencer = build_inferencer(api, folder, dtype, device)
-        engine = UpstreamEngine(inferencer, str(repo), checkout_commit(repo), checkpoint)
-        return cls(engine, ModelInfo(backbone=cls.key, source=info_source, revision=revision, dtype=dtype), think)
+        engine = UpstreamEngine(inferencer, str(repo), checkout_commit(repo), checkpoint, device)
+        info = ModelInfo(backbone=cls.key, source=info_source, revision=revision, dtype=dtype)
+        return cls(engine, info, think, image_size=settings.image_size)
 
     def save_pretrained(self, path: Path) -> None:
-        """A reference, never the 14B weights: route, checkpoint or server, checkout and commit."""
+        """A local checkpoint under 1 GB (a tiny build) is copied beside the reference; anything
+        bigger, a hub id or a server is recorded by reference only, never copied."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         reference = {**self.engine.reference(), "revision": self.info.revision, "think": self.think}
+        folder = Path(reference.get("checkpoint") or "")
+        if reference["route"] == "upstream" and folder.is_dir() and _size(folder) < COPY_LIMIT_BYTES:
+            for file in folder.iterdir():
+                if file.is_file() and file.name != REFERENCE_FILE:
+                    shutil.copy2(file, path / file.name)
+            reference["checkpoint"] = "."
         (path / REFERENCE_FILE).write_text(json.dumps(reference, indent=2) + "\n")
 
     def default_params(self, task: TaskKind) -> InferenceParams:
         if task == "understanding":
             return InferenceParams(seed=0, max_new_tokens=ANSWER_TOKENS, temperature=0.0)
         if task == "generation":
-            return InferenceParams(seed=0, guidance_scale=4.0, image_guidance_scale=1.0, steps=50, image_size=1024,
+            return InferenceParams(seed=0, guidance_scale=4.0, image_guidance_scale=1.0, steps=50,
+                                   image_size=self.image_size,
                                    max_new_tokens=THINK_TOKENS, temperature=0.0)
         return InferenceParams(seed=0, guidance_scale=4.0, image_guidance_scale=2.0, steps=50,
                                max_new_tokens=THINK_TOKENS, temperature=0.0)
@@ -527,3 +609,7 @@ class Bagel(Backbone):
     def edit(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
         return self._run("editing", requests)
 
+
+
+def _size(folder: Path) -> int:
+    return sum(file.stat().st_size for file in folder.rglob("*") if file.is_file())

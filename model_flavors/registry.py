@@ -82,6 +82,7 @@ TINY_BUILDERS: dict[str, str] = {
     "blip3o-next": "model_flavors.blip3o_next:build_tiny",
     "mmada": "model_flavors.mmada:build_tiny",
     "show-o": "model_flavors.show_o:build_tiny",
+    "bagel": "model_flavors.bagel_tiny:build_tiny",  # upstream code: --repo-path or UMM_BAGEL_REPO
 }
 
 

@@ -1,6 +1,7 @@
 """BAGEL: request translation, both routes' call arguments, seeding, and every error path.
 
-No BAGEL weights or GPU here, so the two boundaries are exercised against stand-ins:
+The real upstream code runs in tests/test_bagel_upstream.py (a tiny random-weight BAGEL). Here
+the error paths and call arguments are exercised against stand-ins:
 - route (a), the upstream checkout: a *stand-in checkout* (the module layout and the
   `InterleaveInferencer.interleave_inference` signature of ByteDance-Seed/Bagel at the pinned
   commit, no model code) for the import and commit checks, and a recording stand-in inferencer
@@ -191,10 +192,10 @@ STAND_IN_FILES = {
                 raise NotImplementedError("stand-in checkout")
     """,
     "data/__init__.py": "",
-    "data/transforms.py": "class ImageTransform:\n    def __init__(self, *args): self.args = args\n",
     "data/data_utils.py": "def add_special_tokens(tokenizer):\n    return tokenizer, {}, 0\n",
     "modeling/__init__.py": "",
-    "modeling/autoencoder.py": "def load_ae(local_path=None):\n    return None, None\n",
+    "modeling/autoencoder.py": ("def load_ae(local_path=None):\n    return None, None\n"
+                                "class AutoEncoder: pass\nclass AutoEncoderParams: pass\n"),
     "modeling/bagel/__init__.py": "".join(f"class {name}: pass\n" for name in (
         "BagelConfig", "Bagel", "Qwen2Config", "Qwen2ForCausalLM", "SiglipVisionConfig", "SiglipVisionModel")),
     "modeling/qwen2/__init__.py": "class Qwen2Tokenizer: pass\n",
@@ -289,7 +290,7 @@ def test_missing_upstream_requirements_are_named(tmp_path, clean_imports):
         import_upstream(repo)
 
 
-def test_load_from_a_checkout_and_reload_from_the_saved_reference(tmp_path, clean_imports, monkeypatch):
+def test_a_big_checkpoint_is_saved_by_reference_only(tmp_path, clean_imports, monkeypatch):
     repo = write_checkout(tmp_path / "bagel")
     weights = tmp_path / "BAGEL-7B-MoT"
     weights.mkdir()
@@ -300,6 +301,7 @@ def test_load_from_a_checkout_and_reload_from_the_saved_reference(tmp_path, clea
         return RecordingInferencer()
 
     monkeypatch.setattr(bagel_module, "build_inferencer", build)
+    monkeypatch.setattr(bagel_module, "COPY_LIMIT_BYTES", 0)  # as if the folder held the 14B weights
     with pytest.raises(ConfigError, match="is not a BAGEL checkpoint .*ema.safetensors"):
         Bagel.load(str(weights), repo_path=repo)
     for name in ("llm_config.json", "vit_config.json", "ae.safetensors", "ema.safetensors"):

@@ -283,13 +283,15 @@ def models_group() -> None:
 @click.argument("name")
 @click.option("--out", type=click.Path(path_type=Path), help="Folder (default: $UMM_HOME/tiny/<name>).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def init_tiny(name: str, out: Path | None, seed: int) -> None:
+@click.option("--repo-path", type=click.Path(path_type=Path),
+              help="The upstream checkout a tiny upstream model (bagel) is built from and runs on.")
+def init_tiny(name: str, out: Path | None, seed: int, repo_path: Path | None) -> None:
     """Build a tiny random-weight model with a locally trained tokenizer."""
     from model_flavors.registry import tiny_builder
     from umm_harness.core.home import umm_home
 
     folder = out or umm_home() / "tiny" / name
-    tiny_builder(name)(folder, seed=seed)
+    tiny_builder(name)(folder, seed=seed, **({"repo_path": repo_path} if repo_path else {}))
     click.echo(str(folder))
 
 
