@@ -59,6 +59,7 @@ from typing import Any, ClassVar, Protocol
 from PIL import Image
 
 from model_flavors import bagel_cpu
+from model_flavors.upstream_checkout import checkout_commit
 from model_flavors.vllm_omni import VllmOmniClient, image_part, text_part
 from umm_harness.core.backbone import Backbone, ModelInfo
 from umm_harness.core.errors import ConfigError
@@ -71,7 +72,6 @@ UPSTREAM_URL = "https://github.com/ByteDance-Seed/Bagel"
 UPSTREAM_COMMIT = "056b5fd51a88c1eb4547318609e25d40080fcf87"
 REFERENCE_FILE = "umm_bagel.json"
 BUILD_FILE = "umm_bagel_build.json"  # a checkpoint that differs from what the notebook hard-codes (tiny builds)
-COMMIT_MARKER = ".upstream-commit"  # a snapshot that is not a git clone names its commit here
 COPY_LIMIT_BYTES = 1 << 30  # local checkpoints below this travel with a saved model; bigger ones by reference
 REPO_ENV = "UMM_BAGEL_REPO"
 ANY_COMMIT_ENV = "UMM_BAGEL_ANY_COMMIT"
@@ -175,41 +175,6 @@ _UPSTREAM_NAMES = {
 _INTERLEAVE_ARGS = ("input_lists", "think", "understanding_output", "max_think_token_n", "do_sample",
                     "text_temperature", "cfg_text_scale", "cfg_img_scale", "cfg_interval", "timestep_shift",
                     "num_timesteps", "cfg_renorm_min", "cfg_renorm_type", "image_shapes")
-
-
-def checkout_commit(repo: Path) -> str | None:
-    """The commit a checkout is at: from `.git` (no git needed), or the commit marker a snapshot
-    bundled into a logged model carries; None if neither says."""
-    marker = repo / COMMIT_MARKER
-    if marker.is_file():
-        return marker.read_text().strip() or None
-    git = repo / ".git"
-    if git.is_file():  # a worktree: ".git" holds "gitdir: <path>"
-        text = git.read_text().strip()
-        if not text.startswith("gitdir:"):
-            return None
-        git = (repo / text.split(":", 1)[1].strip()).resolve()
-    head_file = git / "HEAD"
-    if not head_file.is_file():
-        return None
-    head = head_file.read_text().strip()
-    if not head.startswith("ref:"):
-        return head
-    ref = head.split(":", 1)[1].strip()
-    for base in (git, _common_dir(git)):
-        if (base / ref).is_file():
-            return (base / ref).read_text().strip()
-        packed = base / "packed-refs"
-        if packed.is_file():
-            for line in packed.read_text().splitlines():
-                if line.endswith(" " + ref):
-                    return line.split(" ", 1)[0]
-    return None
-
-
-def _common_dir(git: Path) -> Path:
-    common = git / "commondir"
-    return (git / common.read_text().strip()).resolve() if common.is_file() else git
 
 
 def resolve_checkout(repo_path: str | Path | None) -> Path:

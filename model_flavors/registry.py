@@ -23,6 +23,7 @@ BACKBONES: dict[str, str] = {
     "deepgen": "model_flavors.upstream_only:DeepGen",
     "emu3_5": "model_flavors.upstream_only:Emu3p5",
     "ovis_u1": "model_flavors.upstream_only:OvisU1",
+    "omnigen2": "model_flavors.omnigen2:OmniGen2",
 }
 
 # Reference-system backbone names that an adapter above serves under another key.
@@ -53,6 +54,7 @@ HUB_IDS: dict[str, str] = {
     "BAAI/Emu3.5": "emu3_5",
     "BAAI/Emu3.5-Image": "emu3_5",
     "AIDC-AI/Ovis-U1-3B": "ovis_u1",
+    "OmniGen2/OmniGen2": "omnigen2",
     "stabilityai/stable-diffusion-3.5-large": "diffusers",
     "stabilityai/stable-diffusion-3-medium-diffusers": "diffusers",
     "black-forest-labs/FLUX.1-dev": "diffusers",
@@ -69,9 +71,12 @@ HUB_IDS: dict[str, str] = {
 MODEL_TYPES: dict[str, str] = {"janus": "janus_pro", "emu3": "emu3", "blip3o_qwen_inference": "blip3o_next",
                                "mmada": "mmada"}
 
-# Marker files of checkpoint folders that have no transformers config.
-MARKER_FILES: dict[str, str] = {"model_index.json": "diffusers", "umm_bagel.json": "bagel", "umm_mmada.json": "mmada",
-                                "umm_show_o.json": "show_o"}
+# Marker files of checkpoint folders that have no transformers config (the first one found wins).
+MARKER_FILES: dict[str, str] = {"umm_omnigen2.json": "omnigen2", "umm_bagel.json": "bagel", "umm_mmada.json": "mmada",
+                                "umm_show_o.json": "show_o", "model_index.json": "diffusers"}
+
+# A diffusers-layout folder whose pipeline class is an upstream model's, not a diffusers one.
+PIPELINE_CLASSES: dict[str, str] = {"OmniGen2Pipeline": "omnigen2"}
 
 # `umm models init-tiny <name>` and `tiny:<name>` model references.
 TINY_BUILDERS: dict[str, str] = {
@@ -83,6 +88,7 @@ TINY_BUILDERS: dict[str, str] = {
     "mmada": "model_flavors.mmada:build_tiny",
     "show-o": "model_flavors.show_o:build_tiny",
     "bagel": "model_flavors.bagel_tiny:build_tiny",  # upstream code: --repo-path or UMM_BAGEL_REPO
+    "omnigen2": "model_flavors.omnigen2_tiny:build_tiny",  # upstream code: --repo-path or UMM_OMNIGEN2_REPO
 }
 
 
@@ -113,6 +119,11 @@ def infer_backbone(source: str) -> str:
     """The backbone key of a hub id or a local checkpoint folder (its config's model_type)."""
     if source in HUB_IDS:
         return HUB_IDS[source]
+    index = Path(source) / "model_index.json"
+    if index.is_file():
+        pipeline = json.loads(index.read_text()).get("_class_name", "")
+        if pipeline in PIPELINE_CLASSES:
+            return PIPELINE_CLASSES[pipeline]
     for marker, key in MARKER_FILES.items():
         if (Path(source) / marker).is_file():
             return key

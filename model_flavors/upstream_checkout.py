@@ -17,11 +17,45 @@ import types
 from dataclasses import dataclass
 from pathlib import Path
 
-from model_flavors.bagel import checkout_commit
 from umm_harness.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
-COMMIT_FILE = ".upstream-commit"  # a snapshot without .git names its commit here
+COMMIT_MARKER = ".upstream-commit"  # a snapshot that is not a git clone names its commit here
+
+
+def checkout_commit(repo: Path) -> str | None:
+    """The commit a checkout is at: from `.git` (no git needed), or the commit marker a snapshot
+    bundled into a logged model carries; None if neither says."""
+    marker = repo / COMMIT_MARKER
+    if marker.is_file():
+        return marker.read_text().strip() or None
+    git = repo / ".git"
+    if git.is_file():  # a worktree: ".git" holds "gitdir: <path>"
+        text = git.read_text().strip()
+        if not text.startswith("gitdir:"):
+            return None
+        git = (repo / text.split(":", 1)[1].strip()).resolve()
+    head_file = git / "HEAD"
+    if not head_file.is_file():
+        return None
+    head = head_file.read_text().strip()
+    if not head.startswith("ref:"):
+        return head
+    ref = head.split(":", 1)[1].strip()
+    for base in (git, _common_dir(git)):
+        if (base / ref).is_file():
+            return (base / ref).read_text().strip()
+        packed = base / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split(" ", 1)[0]
+    return None
+
+
+def _common_dir(git: Path) -> Path:
+    common = git / "commondir"
+    return (git / common.read_text().strip()).resolve() if common.is_file() else git
 
 
 @dataclass(frozen=True)
@@ -45,10 +79,7 @@ class Upstream:
                 f"(backbone_options) or {self.env}=<checkout>")
 
     def commit_of(self, repo: Path) -> str | None:
-        commit = checkout_commit(repo)
-        if commit is None and (repo / COMMIT_FILE).is_file():
-            commit = (repo / COMMIT_FILE).read_text().strip()
-        return commit
+        return checkout_commit(repo)
 
     def resolve(self, repo_path: str | Path | None) -> Path:
         chosen = repo_path or os.environ.get(self.env)

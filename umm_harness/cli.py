@@ -284,7 +284,7 @@ def models_group() -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Folder (default: $UMM_HOME/tiny/<name>).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--repo-path", type=click.Path(path_type=Path),
-              help="The upstream checkout a tiny upstream model (bagel) is built from and runs on.")
+              help="The upstream checkout a tiny upstream model (bagel, omnigen2) is built from and runs on.")
 def init_tiny(name: str, out: Path | None, seed: int, repo_path: Path | None) -> None:
     """Build a tiny random-weight model with a locally trained tokenizer."""
     from model_flavors.registry import tiny_builder
