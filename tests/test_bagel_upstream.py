@@ -167,11 +167,15 @@ def test_editing_keeps_the_input_size_and_image_cfg_reaches_the_image(bagel):
     assert not np.array_equal(_pixels(result.images[0]), _pixels(edit(image_guidance_scale=1.0).images[0]))
 
 
-def test_think_mode_writes_a_plan_before_the_image(bagel):
+def test_think_mode_reasons_before_the_image_or_the_answer(bagel):
     request = InferenceRequest(task="generation", prompt="a red circle", metadata={"think": True},
                                params={**FEW_STEPS, "max_new_tokens": 5})
     result = bagel.generate([request])[0]
     assert isinstance(result.text, str) and len(result.images) == 1 and result.params.max_new_tokens == 5
+    question = InferenceRequest(task="understanding", prompt="What colour is it?", images=[_scene()],
+                                metadata={"think": True}, params={"max_new_tokens": 5})
+    reasoned = bagel.understand([question])[0]
+    assert isinstance(reasoned.text, str) and not reasoned.images
 
 
 # -- the flavor: save, reload elsewhere, register, evaluate, serve -----------------------------
