@@ -65,9 +65,26 @@ class Task(ABC):
     name: ClassVar[str]
     # "two-stage" tasks have a scoring stage worth running on its own (detectors, judges).
     two_stage: ClassVar[bool] = False
+    # By default a task scores exactly as the benchmark's official code does, quirks included.
+    # A task offering an opt-in corrected mode sets "corrected" on instances that use it, and a
+    # benchmark with several official protocols names a non-default one in `protocol`. Both are
+    # tagged on the run (`umm.scoring_mode`, `umm.protocol`), and such metrics live under their
+    # own names (`metric_prefix`), so they never sit beside official ones in a comparison.
+    scoring_mode: str = "official"
+    protocol: str | None = None
 
     def __init__(self, data_dir: Path | None = None):
         self.data_dir = data_dir
+
+    @property
+    def metric_prefix(self) -> str:
+        """"" for the official default protocol; else e.g. "corrected/" or "verified/"."""
+        parts = [self.protocol, None if self.scoring_mode == "official" else self.scoring_mode]
+        return "".join(f"{part}/" for part in parts if part)
+
+    def run_tags(self) -> dict[str, str]:
+        """How this instance scores, as tags of its run."""
+        return {"umm.scoring_mode": self.scoring_mode, **({"umm.protocol": self.protocol} if self.protocol else {})}
 
     @abstractmethod
     def samples(self) -> list[Sample]:

@@ -6,8 +6,11 @@ latest revision unless `revision` is given; `--data-dir` may hold a local copy (
 `tasks/hub_data.py`). The prompt is the row's `query`: the official prompt, with the hint that
 says which answer form is wanted (an option letter, an integer, a float with n decimals, a list).
 
-Answers are read in two steps, as officially: rules first (`tasks/scorers/mathvista_rules.py`),
-and only when they find nothing, an LLM extraction through `extractor(reply, problem)` —
+Answers are read in two steps, as officially (lupantech/MathVista@53d5258
+`evaluation/extract_answer.py`, `evaluation/calculate_score.py`): rules first, on the raw reply
+(`tasks/scorers/mathvista_rules.py`; the official `quick_extract` and
+`ignore_empty_extractions` are task options of their own, off by default as officially), and
+only when they find nothing, an LLM extraction through `extractor(reply, problem)` —
 `problem` holds the row's query, question, question/answer types, choices, unit and precision,
 which is what the official extraction prompt (`evaluation/prompts/ext_ans.py`, few-shot) is
 built from. Without an extractor such a sample is recorded `extracted_by: "unavailable"` with
@@ -21,6 +24,9 @@ wrong answer); outputs are cached, so scoring can simply be run again.
 Metrics (fractions over all samples, as the official `calculate_score.py`): `overall`,
 `question_type/<type>`, `answer_type/<type>`, `skill/<skill>` (a question counts for each of its
 skills), `extraction_unavailable` (a count), and with an extractor `judge_failures` (a count).
+The corrected mode (`corrected=True`, opt-in, tagged `umm.scoring_mode=corrected`) logs its
+metrics under `mathvista/corrected/...`. Departure: the official fine-grained tables (by
+language, source, grade, …) are not reported; only the ones above.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ Extractor = Callable[[str, dict[str, Any]], str]
 class MathVistaOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    corrected: bool = False  # ignore empty extractions, lower-case letters, lists element-wise
+    corrected: bool = False  # stripped replies, letter and list rules, lower-case letters, lists element-wise
+    quick_extract: bool = False  # the official --quick_extract
+    ignore_empty_extractions: bool = False  # the official --ignore_empty_extractions
     extractor: str | None = None  # which extractor ran, for the record
     revision: str | None = None
 
@@ -55,7 +63,8 @@ class MathVistaTask(Task):
     name = "mathvista"
 
     def __init__(self, data_dir: Path | None = None, *, extractor: Extractor | None = None,
-                 judge: Any = None, corrected: bool = False, revision: str | None = None):
+                 judge: Any = None, corrected: bool = False, quick_extract: bool = False,
+                 ignore_empty_extractions: bool = False, revision: str | None = None):
         super().__init__(data_dir)
         if extractor is None and judge is not None:  # a recipe's judge: block (JudgeConfig, dict or Judge)
             from tasks.judges import judge_extractor, make_judge
@@ -63,7 +72,9 @@ class MathVistaTask(Task):
             extractor = judge_extractor(judge if hasattr(judge, "complete") else make_judge(judge))
         self.extractor = extractor
         name = None if extractor is None else getattr(extractor, "__name__", type(extractor).__name__)
-        self.options = MathVistaOptions(corrected=corrected, extractor=name, revision=revision)
+        self.options = MathVistaOptions(corrected=corrected, extractor=name, revision=revision,
+                                        quick_extract=quick_extract, ignore_empty_extractions=ignore_empty_extractions)
+        self.scoring_mode = "corrected" if corrected else "official"
 
     def samples(self) -> list[Sample]:
         source = HubSource(hub_id=HUB_ID, split=SPLIT, revision=self.options.revision)
@@ -89,7 +100,8 @@ class MathVistaTask(Task):
         reply = outputs[0].text or ""
         record: dict[str, Any] = {"reply": reply, "reference": ref["answer"]}
         extracted = prefetch(reply, question_type=ref["question_type"], answer_type=ref["answer_type"],
-                             choices=ref["choices"])
+                             choices=ref["choices"], quick_extract=self.options.quick_extract,
+                             corrected=self.options.corrected)
         extracted_by = "rule"
         if extracted is None:
             if self.extractor is None:
@@ -101,7 +113,8 @@ class MathVistaTask(Task):
             except JudgeFailure as failure:
                 extracted, extracted_by = str(failure.fallback or ""), "judge_failed"
         prediction = normalize(extracted, question_type=ref["question_type"], answer_type=ref["answer_type"],
-                               choices=ref["choices"], precision=ref["precision"], corrected=self.options.corrected)
+                               choices=ref["choices"], precision=ref["precision"], corrected=self.options.corrected,
+                               ignore_empty_extractions=self.options.ignore_empty_extractions)
         correct = matches(prediction, ref["answer"], answer_type=ref["answer_type"], corrected=self.options.corrected)
         return {**record, "extracted": extracted, "extracted_by": extracted_by, "prediction": prediction,
                 "correct": correct, "score": float(correct)}

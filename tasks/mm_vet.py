@@ -16,7 +16,8 @@ offline; the default is this project's wording of the same rubric.
 
 Unreadable judge replies (`official_retries`):
 - True (default, as published numbers were made): the official retry loop (4 more tries with a
-  format reminder at rising temperature); still unreadable → score 0.0.
+  format reminder at temperatures 0, 0.5, 1.0, 1.5, then a sixth request whose reply is
+  discarded); still unreadable → score 0.0.
 - False: one retry with the same prompt; still unreadable → no score (`score: None`), and the
   sample is left out of every average.
 Either way the sample is marked `judge_failed` and counted in the `judge_failures` metric.
@@ -25,8 +26,10 @@ Metrics (the official report's units: percent, rounded to 1 decimal with numpy's
 `overall`, `capability/<cap>` (a question counts for each of its capabilities) and
 `integration/<caps>` (per exact capability combination, named by its capabilities sorted and
 joined with "_"; the official names follow Python set order, which varies between processes),
-plus `judge_failures` (a count). A question without a record counts 0. One grading run; the
-paper reports the mean of 5 (the official script's `--num_run`).
+plus `judge_failures` (a count). A judge reply "nan" is a NaN score, as officially, and every
+total it enters is NaN. A question without a prediction (no reply text, or no record) is an
+error naming it, as the official script stops on it (a `KeyError`). One grading run; the paper
+reports the mean of 5 (the official script's `--num_run`).
 
 Records: the model's reply, the reference, the capabilities, the judge id, every judge reply,
 the parsed judge score, `judge_failed`, and `score` (what the averages use).
@@ -150,7 +153,10 @@ class MMVetTask(Task):
 
     def score_many(self, items: list[tuple[Sample, list[Output]]]) -> list[dict[str, Any]]:
         """Records for many samples, the judge asked in batches (one call per attempt)."""
-        replies = [outputs[0].text or "" for _, outputs in items]
+        for sample, outputs in items:
+            if not outputs or outputs[0].text is None:
+                raise _no_prediction(sample.id)
+        replies = [outputs[0].text for _, outputs in items]
         prompts = [grading_prompt(self.grader_prompt, sample.references["question"], sample.references["answer"],
                                   reply) for (sample, _), reply in zip(items, replies)]
         official = self.options.official_retries
@@ -172,9 +178,11 @@ class MMVetTask(Task):
         counts: dict[str, int] = defaultdict(int)
         failures = 0
         for sample in samples:  # dataset order, sums accumulated as the official script does
-            record = records.get(sample.id, {})
+            if sample.id not in records:
+                raise _no_prediction(sample.id)
+            record = records[sample.id]
             failures += bool(record.get("judge_failed"))
-            score = record.get("score", 0.0)
+            score = record["score"]
             if score is None:  # a failure without official retries: in no average
                 continue
             caps = sample.references["capabilities"]
@@ -186,3 +194,8 @@ class MMVetTask(Task):
         metrics = {key: percent(totals[key], counts[key], self.options.decimals) for key in sorted(totals)}
         metrics["judge_failures"] = float(failures)
         return metrics
+
+
+def _no_prediction(question_id: str) -> ValueError:
+    return ValueError(f"mm_vet: question {question_id} has no prediction; the official evaluator stops on it "
+                      "(KeyError), so no MM-Vet score is computed; re-run generation for it")

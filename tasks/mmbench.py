@@ -79,6 +79,7 @@ class MMBenchTask(Task):
     def __init__(self, data_dir: Path | None = None, *, corrected: bool = False, revision: str | None = None):
         super().__init__(data_dir)
         self.options = MMBenchOptions(corrected=corrected, revision=revision)
+        self.scoring_mode = "corrected" if corrected else "official"
 
     def samples(self) -> list[Sample]:
         source = HubSource(hub_id=HUB_ID, split=SPLIT, configs=(CONFIG,), revision=self.options.revision)

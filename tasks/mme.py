@@ -44,6 +44,7 @@ class MMETask(Task):
     def __init__(self, data_dir: Path | None = None, *, corrected: bool = False, revision: str | None = None):
         super().__init__(data_dir)
         self.options = MMEOptions(corrected=corrected, revision=revision)
+        self.scoring_mode = "corrected" if corrected else "official"
 
     def samples(self) -> list[Sample]:
         source = HubSource(hub_id=HUB_ID, split=SPLIT, revision=self.options.revision)

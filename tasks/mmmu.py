@@ -9,7 +9,8 @@ Prompts are the official ones (`mmmu/configs/llava1.5.yaml`): the question, opti
 "(A) …" lines, then "Answer with the option's letter from the given choices directly.";
 open questions end with "Answer the question using a single word or phrase.". An open answer
 stored as a list literal ("['24/7', '3.429']") is a list of accepted answers, as in the
-official answer file.
+official answer file; so is a multiple-choice answer given as a list ("['A', 'C']"): as the
+official `eval_multi_choice` does, the prediction is right when it equals any member.
 
 Scoring: `tasks/scorers/mmmu_rules.py`. A multiple-choice reply with nothing parseable gets a
 random option, as officially: one `random.Random(42)` per run, drawn in sample order, so each
@@ -86,6 +87,7 @@ class MMMUTask(Task):
     def __init__(self, data_dir: Path | None = None, *, corrected: bool = False, revision: str | None = None):
         super().__init__(data_dir)
         self.options = MMMUOptions(corrected=corrected, revision=revision)
+        self.scoring_mode = "corrected" if corrected else "official"
 
     def samples(self) -> list[Sample]:
         source = HubSource(hub_id=HUB_ID, split=SPLIT, configs=SUBJECTS, revision=self.options.revision)
@@ -104,7 +106,7 @@ class MMMUTask(Task):
         return Sample.build(
             id=sample_id, category=subject,
             references={"question_type": row["question_type"], "options": options,
-                        "answer": answer if multiple_choice else _gold(answer)},
+                        "answer": _gold(answer)},
             task="understanding", prompt=_prompt(str(row["question"]), options if multiple_choice else []),
             images=images,
         )
@@ -122,7 +124,7 @@ class MMMUTask(Task):
         fallback = pick is None
         if fallback and self.options.corrected:
             pick = random.Random(f"mmmu-fallback:{sample.id}").choice(letters)
-        correct = pick == gold
+        correct = pick in gold
         return {"reply": reply, "extracted": pick, "reference": gold, "correct": correct,
                 "score": float(correct), "fallback": fallback}
 
@@ -153,5 +155,5 @@ class MMMUTask(Task):
             record = records.get(sample.id)
             if record and record.get("fallback"):
                 pick = rng.choice(option_letters(len(sample.references["options"])))
-                correct = pick == sample.references["answer"]
+                correct = pick in sample.references["answer"]
                 record.update(extracted=pick, correct=correct, score=float(correct))

@@ -1,57 +1,77 @@
 """WISE: 1000 world-knowledge text-to-image prompts, one image each, scored by a VLM judge (WiScore).
 
-Data: the three published prompt files of PKU-YuanGroup/WISE, released as `data/*.json` in
-commit 5e5e134 (since moved unchanged to `WISE_legacy/data/`): `cultural_common_sense.json`
-(ids 1–400), `spatio-temporal_reasoning.json` (401–700), `natural_science.json` (701–1000),
-each a JSON array of `{prompt_id, Prompt, Category, Subcategory, Explanation}`, checked against
-their git blob hashes. `data_dir` may hold `data/<file>.json` (e.g. ../shared/data/wise) or
-`wise/data/<file>.json`. Like the official `load_prompts`, a prompt id that appears twice in a
-file keeps its last entry.
+Two official protocols (`protocol=`, tagged on the run as `umm.protocol`; rules in
+`tasks/scorers/wise_rules.py`, compared with PKU-YuanGroup/WISE@eb51174):
+- `legacy` (default): the original release, which the published tables of unified models
+  (and the reference system) report. Prompts: `cultural_common_sense.json` (ids 1–400),
+  `spatio-temporal_reasoning.json` (401–700), `natural_science.json` (701–1000), released as
+  `data/*.json` in commit 5e5e134 (since moved unchanged to `WISE_legacy/data/`). The judge gives
+  Consistency, Realism and Aesthetic Quality; WiScore = (0.7·C + 0.2·R + 0.1·A) / 2. Metrics
+  `wiscore`, the six categories, and `consistency` / `realism` / `aesthetic_quality` (mean raw
+  scores, not an official number).
+- `verified`: WISE_Verified, the current upstream default: its own prompt set
+  (`data_verified/*_verified.json` at eb51174, ids 1–400, 401–640, 641–1000) and a binary 0/1
+  judgement per image, with other id ranges and weights. Its numbers are not comparable with
+  legacy ones, so its metrics are logged as `wise/verified/...`.
+Each file is a JSON array of `{prompt_id, Prompt, Category, Subcategory, Explanation}`, checked
+against its git blob hash; `data_dir` may hold `<folder>/<file>.json` (e.g. ../shared/data/wise
+for legacy) or `wise/<folder>/<file>.json`. Like the official `load_prompts`, a prompt id that
+appears twice in a file keeps its last entry.
 
 Generation: the prompt as published, one image per prompt (the official protocol scores
 `<prompt_id>.png`); nothing else is fixed.
 
-Scoring (`tasks/scorers/wise_rules.py`): the judge sees the image, the prompt and its
-explanation, and replies with Consistency, Realism and Aesthetic Quality (0–2 each);
-WiScore = (0.7·C + 0.2·R + 0.1·A) / 2. Judge: `judge=` (a vision judge, a `JudgeConfig` or its
-dict; else the UMM_JUDGE_* environment), any OpenAI-compatible VLM endpoint or a local
-transformers VLM (`tasks/judges/vision.py`). The paper's judge is GPT-4o-2024-05-13 and the
-reference system's Qwen2.5-VL-72B-Instruct: scores from different judges are comparable with
-each other, not with the paper. Temperature 0, up to 2000 reply tokens, as the official call.
+Judging: the judge sees the image, the prompt and its explanation (instructions in this
+project's words, official structure); up to 3 attempts, temperature 0, the official reply-token
+limit (2000 legacy, 500 verified). Judge: `judge=` (a vision judge, a `JudgeConfig` or its dict;
+else the UMM_JUDGE_* environment), any OpenAI-compatible VLM endpoint or a local transformers
+VLM (`tasks/judges/vision.py`). Legacy's paper judge is GPT-4o-2024-05-13, the reference
+system's Qwen2.5-VL-72B-Instruct, verified's Qwen3.5-35B-A3B: scores from different judges are
+comparable with each other, not with the paper.
 
-Metrics (fractions in [0, 1]): `wiscore` (0.4·cultural + 0.167·time + 0.133·space +
-0.1·biology + 0.1·physics + 0.1·chemistry; only when all six categories have scored images),
-the six categories, `consistency` / `realism` / `aesthetic_quality` (mean raw 0–2 scores),
-`judge_failures` and `missing_images` (counts). A judge reply that cannot be read after one
-retry is a failure: no score, left out of every average (the official script writes 999 there,
-which its calculator then averages in). A prompt with no image scores 0 on all three (the
-official script skips it). Duplicate samples (bootstrap resampling) count as often as given.
+Totals as the official calculator: category means, and the weighted `wiscore` when all six
+categories have images. A prompt without a judged score (its reply unreadable after 3 tries, or
+no image — the official judge script skips both) makes the official calculator refuse to report
+anything; so here: an error naming the ids is logged and only the counts are reported —
+`judge_failures`, `missing_images` and `unscored_prompts` — never a partial category mean or
+WiScore. Duplicate samples (bootstrap resampling) count as often as given.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from tasks.base import Output, Sample, Task
 from tasks.benchmark_files import BenchmarkFile, fetch
-from tasks.judges.parsing import ONE_RETRY
+from tasks.judges.parsing import Attempt
 from tasks.judges.vision import LazyVisionJudge, VisionRequest, vision_judge_all
 from tasks.scorers.wise_rules import (
-    MAX_TOKENS,
+    INSTRUCTIONS,
+    MAX_ATTEMPTS,
+    PROTOCOLS,
     SCORE_KEYS,
     SYSTEM,
-    category_of,
+    VERIFIED_INSTRUCTIONS,
+    VERIFIED_SYSTEM,
+    IncompleteResults,
     judge_text,
     parse_scores,
+    parse_verdict,
     record_scores,
     summarize,
 )
 from umm_harness.core.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 COMMIT = "5e5e1342aeae96c026b0eace536ad94dda36c7c5"
 _RAW = f"https://raw.githubusercontent.com/PKU-YuanGroup/WISE/{COMMIT}/data"
+VERIFIED_COMMIT = "eb51174483a5de2e34e8614cf9dfb3319ee7fcd0"
+_RAW_VERIFIED = f"https://raw.githubusercontent.com/PKU-YuanGroup/WISE/{VERIFIED_COMMIT}/data_verified"
+SCHEDULE = (Attempt(),) * MAX_ATTEMPTS
 PROMPT_FILES = (
     BenchmarkFile(benchmark="wise", path="data/cultural_common_sense.json",
                   url=f"{_RAW}/cultural_common_sense.json", blob_sha1="49d1c3d0fb2df4b599725a458241f8b113dfbf53"),
@@ -60,12 +80,19 @@ PROMPT_FILES = (
     BenchmarkFile(benchmark="wise", path="data/natural_science.json",
                   url=f"{_RAW}/natural_science.json", blob_sha1="e2ea67e8fd9b58667dac4587a3103c725e714680"),
 )
+VERIFIED_PROMPT_FILES = tuple(
+    BenchmarkFile(benchmark="wise", path=f"data_verified/{stem}_verified.json",
+                  url=f"{_RAW_VERIFIED}/{stem}_verified.json", blob_sha1=sha)
+    for stem, sha in (("cultural_common_sense", "a58268bb4a29ed3c2ac44ca570868ab5393c9c04"),
+                      ("spatio-temporal_reasoning", "65b0e4c57d27aac5b8f8f1a6af4d5efccca6059d"),
+                      ("natural_science", "0eb06226c01da43d953e2e79b6f6bc55d5c86da4"))
+)
 
 
-def load_prompts(data_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Every prompt of the three files, in file order; a repeated id keeps its last entry (per file)."""
+def load_prompts(data_dir: Path | None = None, protocol: str = "legacy") -> list[dict[str, Any]]:
+    """Every prompt of the protocol's three files, in file order; a repeated id keeps its last entry (per file)."""
     prompts: list[dict[str, Any]] = []
-    for file in PROMPT_FILES:
+    for file in VERIFIED_PROMPT_FILES if protocol == "verified" else PROMPT_FILES:
         entries = json.loads(fetch(file, data_dir).read_text(encoding="utf-8"))
         by_id = {entry["prompt_id"]: {**entry, "file": Path(file.path).stem} for entry in entries}
         prompts.extend(by_id.values())
@@ -77,13 +104,18 @@ class WISETask(Task):
     two_stage: ClassVar[bool] = True
 
     def __init__(self, data_dir: Path | None = None, *, judge: Any = None, cache_dir: Path | None = None,
-                 instructions: str | Path | None = None):
+                 instructions: str | Path | None = None, protocol: Literal["legacy", "verified"] = "legacy"):
         super().__init__(data_dir)
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"wise: protocol must be one of {', '.join(PROTOCOLS)}, not '{protocol}'")
+        self.rules = PROTOCOLS[protocol]
+        self.protocol = None if protocol == "legacy" else protocol  # the default protocol keeps plain metric names
         self._judge = LazyVisionJudge(judge, cache_dir)
+        verified = protocol == "verified"
+        self.system = VERIFIED_SYSTEM if verified else SYSTEM
+        self.parse = parse_verdict if verified else parse_scores
         if instructions is None:
-            from tasks.scorers.wise_rules import INSTRUCTIONS
-
-            self.instructions = INSTRUCTIONS
+            self.instructions = VERIFIED_INSTRUCTIONS if verified else INSTRUCTIONS
         else:
             path = Path(instructions)
             if not path.is_file():
@@ -102,11 +134,11 @@ class WISETask(Task):
 
     def samples(self) -> list[Sample]:
         return [
-            Sample.build(id=str(entry["prompt_id"]), category=category_of(int(entry["prompt_id"])) or "none",
+            Sample.build(id=str(entry["prompt_id"]), category=self.rules.category_of(int(entry["prompt_id"])) or "none",
                          references={"prompt_id": int(entry["prompt_id"]), "explanation": entry["Explanation"],
                                      "subcategory": entry.get("Subcategory"), "json_category": entry.get("Category")},
                          task="generation", prompt=entry["Prompt"])
-            for entry in load_prompts(self.data_dir)
+            for entry in load_prompts(self.data_dir, self.rules.name)
         ]
 
     def score(self, sample: Sample, outputs: list[Output]) -> dict[str, Any]:
@@ -120,41 +152,40 @@ class WISETask(Task):
                 continue
             text = judge_text(sample.request.prompt if sample.request else "", sample.references["explanation"],
                               self.instructions)
-            requests.append(VisionRequest(text, (image,), SYSTEM))
+            requests.append(VisionRequest(text, (image,), self.system))
             asked.append(index)
-        verdicts = dict(zip(asked, vision_judge_all(self.judge, requests, parse_scores, max_tokens=MAX_TOKENS,
-                                                    schedule=ONE_RETRY)))
+        verdicts = dict(zip(asked, vision_judge_all(self.judge, requests, self.parse, max_tokens=self.rules.max_tokens,
+                                                    schedule=SCHEDULE)))
         records = []
         for index, (sample, _) in enumerate(items):
             base = {"prompt_id": sample.references["prompt_id"], "judge": self.judge.id}
             verdict = verdicts.get(index)
-            if verdict is None:
-                zeros = {key: 0.0 for key in SCORE_KEYS}
-                records.append({**base, **zeros, "score": 0.0, "missing_image": True, "judge_failed": False})
+            if verdict is None:  # the official judge script skips a prompt without an image
+                records.append({**base, "score": None, "missing_image": True, "judge_failed": False})
                 continue
             scores = None if verdict.failed else verdict.value
-            records.append({**base, **(scores or {key: None for key in SCORE_KEYS}), "missing_image": False,
+            records.append({**base, **(scores or {}), "missing_image": False,
                             "judge_failed": verdict.failed, "judge_replies": verdict.replies,
                             "score": record_scores(scores)})
         return records
 
     def aggregate(self, samples: list[Sample], records: dict[str, dict[str, Any]]) -> dict[str, float]:
-        scored: list[tuple[int, float]] = []
+        scored: list[tuple[int, float | None]] = []
         raw: dict[str, list[float]] = {key: [] for key in SCORE_KEYS}
         failures = missing = 0
         for sample in samples:
-            record = records.get(sample.id)
-            if record is None:
-                continue
+            record = records.get(sample.id, {"prompt_id": sample.references["prompt_id"], "score": None})
             failures += bool(record.get("judge_failed"))
             missing += bool(record.get("missing_image"))
-            if record.get("score") is None:
-                continue
-            scored.append((int(record["prompt_id"]), float(record["score"])))
+            scored.append((int(record["prompt_id"]), record.get("score")))
             for key in SCORE_KEYS:
-                raw[key].append(float(record[key]))
-        metrics = summarize(scored)
+                if record.get(key) is not None:
+                    raw[key].append(float(record[key]))
+        counts = {"judge_failures": float(failures), "missing_images": float(missing)}
+        try:
+            metrics = summarize(scored, self.rules)
+        except IncompleteResults as refused:
+            log.error("%s", refused)
+            return {**counts, "unscored_prompts": float(len(refused.missing))}
         metrics.update({key: sum(values) / len(values) for key, values in raw.items() if values})
-        metrics["judge_failures"] = float(failures)
-        metrics["missing_images"] = float(missing)
-        return metrics
+        return {**metrics, **counts, "unscored_prompts": 0.0}

@@ -5,6 +5,8 @@ checks."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -24,6 +26,7 @@ from tasks.scorers.geneval_detector import (
     rescale_size,
 )
 from tests.conftest import SHARED_DATA
+from umm_harness.core.errors import ConfigError
 from tests.tiny_scorers import (
     ColorCLIPStandIn,
     ColorTokenizerStandIn,
@@ -253,6 +256,34 @@ def test_dpg_summary_overall_and_categories_times_100():
         "entity": 100.0, "attribute": 50.0, "relation": 100.0, "global": 0.0,
         "entity/whole": 100.0, "entity/state": 100.0, "attribute/color": 50.0, "relation/spatial": 100.0,
     })
+
+
+def test_dpg_averages_are_numpy_means_times_100():
+    """Three items each scoring 1/3: the official report (`np.mean(scores) * 100`,
+    TencentQQGYLab/ELLA@3c228f1 `compute_dpg_bench.py`, run on these scores) prints
+    33.33333333333333, where `100 * sum / len` would give 33.333333333333336."""
+    third = dpg_rules.ItemScore([1 / 3], 1 / 3, [], [("entity - whole", 1 / 3)])
+    metrics = dpg_rules.summarize([third, third, third])
+    assert metrics["overall"] == 33.33333333333333
+    assert metrics["entity"] == 33.33333333333333 and metrics["entity/whole"] == 33.33333333333333
+
+
+def test_dpg_no_scored_item_gives_a_nan_overall():
+    """When every image fails the official script takes `np.mean([])`: NaN, not a missing metric."""
+    assert math.isnan(dpg_rules.summarize([])["overall"])
+
+
+def test_dpg_table_without_any_comma_in_dependency_is_refused(tmp_path):
+    """pandas reads such a column as integers and the official `prepare_dpg_data` crashes
+    (`'int' object has no attribute 'split'`); here it is a clear error, not a different score."""
+    header = ",".join(dpg_rules.COLUMNS)
+    table = tmp_path / "dpg_bench.csv"
+    table.write_text(f"{header}\nA,t,k,1,0,b,d,entity - whole (a),Is there a?\n"
+                     f"A,t,k,2,1,b,d,entity - whole (b),Is there b?\n")
+    with pytest.raises(ConfigError, match="dependency"):
+        dpg_rules.read_question_table(table)
+    table.write_text(table.read_text() + "A,t,k,3,\"1,2\",b,d,relation - spatial (a),Is a on b?\n")
+    assert [r["dependency"] for r in dpg_rules.read_question_table(table)] == ["0", "1", "1,2"]
 
 
 def test_dpg_grouping_replaces_a_non_consecutive_repeat():

@@ -9,6 +9,7 @@ what is checked there is the failure accounting.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pyarrow as pa
@@ -139,11 +140,36 @@ def test_judge_scores_read_as_the_official_code_reads_them(reply, score):
     assert parse_score(reply) == score
 
 
-@pytest.mark.parametrize("reply", ["garbage", " 0.6", "0.6,", "1.5", "-0.1", "nan", "", "Score: 0.6", "0.6/1",
+@pytest.mark.parametrize("reply", ["garbage", " 0.6", "0.6,", "1.5", "-0.1", "inf", "", "Score: 0.6", "0.6/1",
                                    "0.6\nThe prediction"])  # split on " " only: "0.6\nThe" is no number
 def test_unreadable_judge_scores(reply):
     with pytest.raises(ParseError):
         parse_score(reply)
+
+
+def test_a_nan_reply_is_a_nan_score_and_makes_its_totals_nan(tmp_path):
+    """Official `mm-vet_evaluator.py` (yuweihao/MM-Vet@acde843), its parse and `export_result` run
+    on these three graded questions: rec nan, ocr 75.0, total nan; integration rec nan,
+    ocr_rec 100.0, ocr 50.0 (NaN passes its `score > 1.0 or score < 0.0` check)."""
+    assert math.isnan(parse_score("nan"))
+    task = MMVetTask(judge=graded_by({"p1": "nan", "p2": "1.0", "p3": "0.5"}), cache_dir=tmp_path)
+    samples = [sample("s1", ["rec"]), sample("s2", ["rec", "ocr"]), sample("s3", ["ocr"])]
+    records = dict(zip(["s1", "s2", "s3"], task.score_many([(s, answered(f"p{s.id[1]}")) for s in samples])))
+    assert math.isnan(records["s1"]["score"]) and records["s1"]["judge_failed"] is False
+    metrics = task.aggregate(samples, records)
+    assert math.isnan(metrics["overall"]) and math.isnan(metrics["capability/rec"])
+    assert math.isnan(metrics["integration/rec"])
+    assert (metrics["capability/ocr"], metrics["integration/ocr_rec"], metrics["integration/ocr"]) == (75.0, 100.0, 50.0)
+
+
+def test_a_question_without_a_prediction_is_an_error_naming_it(tmp_path):
+    """The official evaluator stops with a KeyError on a question missing from the results."""
+    task = MMVetTask(judge=graded_by({"right": "1.0"}), cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="question q7 has no prediction"):
+        task.score(sample("q7", ["rec"]), [Output(k=0, seed=0, text=None)])
+    samples = [sample("q1", ["rec"]), sample("q7", ["rec"])]
+    with pytest.raises(ValueError, match="question q7 has no prediction"):
+        task.aggregate(samples, {"q1": task.score(samples[0], answered("right"))})
 
 
 def test_rounding_is_numpy_half_to_even():
@@ -160,11 +186,13 @@ def test_official_retries_then_zero_counted_as_a_failure(tmp_path):
     judge = StandInJudge(lambda prompt, n: "Correct!")
     task = MMVetTask(judge=judge, cache_dir=tmp_path)
     record = task.score(sample("v1_0", ["rec"]), answered("red"))
+    # The official loop (yuweihao/MM-Vet@acde843): 0, then retries at 0, 0.5, 1.0, 1.5, and a
+    # sixth call (at 2.0) whose reply is never read before the score is forced to 0.0.
     assert [(temperature, max_tokens) for _, max_tokens, temperature in judge.calls] == [
-        (0.0, 3), (0.5, 3), (1.0, 3), (1.5, 3), (2.0, 3)]
-    assert [prompts[0].endswith(RETRY_SUFFIX) for prompts, _, _ in judge.calls] == [False, True, True, True, True]
+        (0.0, 3), (0.0, 3), (0.5, 3), (1.0, 3), (1.5, 3), (2.0, 3)]
+    assert [prompts[0].endswith(RETRY_SUFFIX) for prompts, _, _ in judge.calls] == [False] + [True] * 5
     assert record["judge_failed"] is True and record["judge_score"] is None and record["score"] == 0.0
-    assert record["judge_replies"] == ["Correct!"] * 5 and record["judge_reply"] == "Correct!"
+    assert record["judge_replies"] == ["Correct!"] * 6 and record["judge_reply"] == "Correct!"
     metrics = task.aggregate([sample("v1_0", ["rec"])], {"v1_0": record})
     assert metrics == {"overall": 0.0, "capability/rec": 0.0, "integration/rec": 0.0, "judge_failures": 1.0}
 
@@ -208,7 +236,7 @@ def test_scores_per_capability_and_integration_by_hand(tmp_path):
         "integration/gen_know_rec": 0.0, "integration/ocr_spat": 0.0,
         "judge_failures": 0.0,
     }
-    del records["s1"]  # a question without a record counts 0
+    records["s1"] = {**records["s1"], "score": 0.0}
     assert task.aggregate(samples, records)["overall"] == 18.8  # 1.5 / 8 × 100 = 18.75 → 18.8
 
 
@@ -254,8 +282,8 @@ def test_end_to_end_through_the_served_tiny_judge(served_tiny_judge, monkeypatch
     for id, record in records.items():
         assert record["judge"] == "openai:tiny-judge" and record["reply"] == answers[id]
         assert record["judge_failed"] == (not any(readable(reply) for reply in record["judge_replies"]))
-        if record["judge_failed"]:  # the official loop: five unreadable replies, then 0.0
-            assert len(record["judge_replies"]) == 5 and record["score"] == 0.0 and record["judge_score"] is None
+        if record["judge_failed"]:  # the official loop: five unreadable replies, a sixth unread, then 0.0
+            assert len(record["judge_replies"]) == 6 and record["score"] == 0.0 and record["judge_score"] is None
         else:
             assert record["score"] == parse_score(record["judge_reply"])
     failures = sum(record["judge_failed"] for record in records.values())

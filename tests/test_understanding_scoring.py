@@ -28,8 +28,13 @@ def reply(text: str | None) -> list[Output]:
     ("eyes", "yes"),  # quirk: "yes" anywhere in the first 4 characters
     ("not sure", "no"), ("none", "no"), ("know", "no"),  # quirk: "no" anywhere in them
     ("I don't know", "other"), ("The answer is yes", "other"), ("", "other"),
+    ("  yes", "other"), (" yes", "yes"), ("   no", "other"),  # never stripped: spaces use up the 4
+    ("no", "no"), ("Yes\n", "yes"),
 ])
 def test_mme_reads_yes_no_from_the_first_four_characters(text, read):
+    """Official `parse_pred_ans` on the line field `reply.lower() + "\n"` (eval_tool.zip of
+    BradyFU/Awesome-Multimodal-Large-Language-Models@dd29509, branch Evaluation): run on
+    answer-file lines holding these replies it reads exactly these labels."""
     assert mme_rules.read_yes_no(text) == read
 
 
@@ -65,6 +70,18 @@ def test_mme_subtask_score_is_acc_plus_acc_plus_times_100():
     assert metrics["existence/acc_plus"] == 0.5
     assert metrics["existence"] == 125
     assert metrics["perception"] == 125 and "cognition" not in metrics
+
+
+def test_mme_subtask_score_adds_the_two_products():
+    """3 images, 4 of 6 right, 1 image both right: the official `calculation.py` (commit as above)
+    prints 99.99999999999999 for this subtask — `acc*100 + acc_plus*100` — where
+    `(acc + acc_plus) * 100` would give 100.0."""
+    samples = mme_samples({"existence": ["a", "a", "b", "b", "c", "c"],
+                           "count": ["a", "a", "b", "b", "c", "c"]})
+    right = [True, True, True, False, True, False] * 2
+    metrics = MMETask().aggregate(samples, {s.id: {"correct": r} for s, r in zip(samples, right)})
+    assert metrics["existence"] == 99.99999999999999
+    assert metrics["perception"] == 99.99999999999999 + 99.99999999999999
 
 
 def test_mme_acc_plus_pairs_consecutive_lines_not_images():
@@ -105,9 +122,19 @@ def test_mmmu_with_nine_options_the_word_i_is_option_i():
     assert mmmu_rules.parse_multi_choice("I am not sure", FOUR) is None
 
 
-def mmmu_mc(sample_id: str, answer: str = "B", options: list[str] = FOUR) -> Sample:
+def mmmu_mc(sample_id: str, answer: list[str] | None = None, options: list[str] = FOUR) -> Sample:
     return Sample(id=sample_id, category="Art", references={
-        "question_type": "multiple-choice", "options": options, "answer": answer})
+        "question_type": "multiple-choice", "options": options, "answer": answer or ["B"]})
+
+
+def test_mmmu_multiple_choice_gold_list_accepts_any_member():
+    """Official `eval_multi_choice` (MMMU-Benchmark/MMMU@bb0b95a): a list gold is right when the
+    prediction equals any member; run on these inputs it gives True, True, False."""
+    task = MMMUTask()
+    gold = ["A", "C"]
+    assert task.score(mmmu_mc("q1", gold), reply("(A)"))["correct"]
+    assert task.score(mmmu_mc("q2", gold), reply("(C)"))["correct"]
+    assert not task.score(mmmu_mc("q3", gold), reply("(B)"))["correct"]
 
 
 def test_mmmu_fallback_is_one_random_42_drawn_in_sample_order():
@@ -246,30 +273,54 @@ def test_mmbench_missing_later_rotation_is_not_checked():
 FRACTIONS = ["3/11", "8/11", "6/11", "3/5"]
 
 
-def prefetch(text: str, question_type: str = "free_form", answer_type: str = "integer") -> str | None:
+def prefetch(text: str, question_type: str = "free_form", answer_type: str = "integer", **options) -> str | None:
     choices = FRACTIONS if question_type == "multi_choice" else []
-    return mathvista_rules.prefetch(text, question_type=question_type, answer_type=answer_type, choices=choices)
+    return mathvista_rules.prefetch(text, question_type=question_type, answer_type=answer_type, choices=choices,
+                                    **options)
 
 
-def test_mathvista_rule_prefetch():
+def test_mathvista_rule_prefetch_is_the_official_one_on_the_raw_reply():
+    """The official `extract_answer` (lupantech/MathVista@53d5258, run on these replies with an
+    extractor that only records being asked) gives exactly these; None = it asked the extractor."""
+    mc = ("multi_choice", "text")
     assert prefetch("") == ""
-    assert prefetch("8/11", "multi_choice", "text") == "8/11"
-    assert prefetch("B", "multi_choice", "text") == "B"
-    assert prefetch("(B)", "multi_choice", "text") == "B"
-    assert prefetch("E", "multi_choice", "text") is None  # not an option
-    assert prefetch("The answer is (B) 8/11.", "multi_choice", "text") is None  # left to the extractor
+    assert prefetch(" ") is None  # not stripped: not empty
+    assert prefetch("8/11", *mc) == "8/11"
+    assert prefetch("8/11 ", *mc) is None  # not stripped: not an option's exact text
+    assert prefetch("B", *mc) is None  # a bare letter goes to the extractor
+    assert prefetch("(B)", *mc) is None
     assert prefetch("3") == "3"
+    assert prefetch(" 3\n") == "3"  # Python's int() takes surrounding whitespace itself
+    assert prefetch("1_000") == "1000"  # ... and underscores
     assert prefetch("3.7") is None  # not an integer literal: left to the extractor
     assert prefetch("1.456", answer_type="float") == "1.456"
-    assert prefetch("[2007, 2008]", answer_type="list") == "[2007, 2008]"
+    assert prefetch("[2007, 2008]", answer_type="list") is None  # a list literal goes to the extractor
+    assert prefetch("1,000", answer_type="list") is None  # no tuple
+    assert prefetch("1,000", answer_type="integer") is None
     assert prefetch("about twelve", answer_type="integer") is None
 
 
+def test_mathvista_quick_extract_is_an_option_of_its_own():
+    """The official `--quick_extract`: after the number rules, `The answer is "(.*)"\\.`."""
+    said = 'I counted them. The answer is "12".'
+    assert prefetch(said) is None
+    assert prefetch(said, quick_extract=True) == "12"
+    assert MathVistaTask(quick_extract=True).scoring_mode == "official"
+
+
+def test_mathvista_corrected_prefetch_reads_letters_and_list_literals():
+    mc = ("multi_choice", "text")
+    assert prefetch(" (B) ", *mc, corrected=True) == "B"
+    assert prefetch("E", *mc, corrected=True) is None  # not an option
+    assert prefetch("[2007, 2008]", answer_type="list", corrected=True) == "[2007, 2008]"
+    assert prefetch("1,000", answer_type="list", corrected=True) is None
+
+
 def normalize(extraction: str, question_type: str = "free_form", answer_type: str = "integer",
-              precision: float | None = None, corrected: bool = False) -> str | None:
+              precision: float | None = None, **options) -> str | None:
     choices = FRACTIONS if question_type == "multi_choice" else []
     return mathvista_rules.normalize(extraction, question_type=question_type, answer_type=answer_type,
-                                     choices=choices, precision=precision, corrected=corrected)
+                                     choices=choices, precision=precision, **options)
 
 
 def test_mathvista_integer_is_truncated():
@@ -293,6 +344,17 @@ def test_mathvista_multi_choice_letters_and_edit_distance():
     assert normalize("", **mc) == "3/5"  # quirk: an empty extraction still maps (to the shortest option)
     assert normalize("b", **mc, corrected=True) == "8/11"
     assert normalize("", **mc, corrected=True) is None
+
+
+def test_mathvista_ignore_empty_extractions_is_an_option_of_its_own():
+    """The official `--ignore_empty_extractions`: an empty multi-choice extraction is no prediction."""
+    mc = {"question_type": "multi_choice", "answer_type": "text"}
+    assert normalize("  ", **mc, ignore_empty_extractions=True) is None
+    assert normalize("b", **mc, ignore_empty_extractions=True) == "3/5"  # nothing else changes
+    task = MathVistaTask(extractor=lambda reply, problem: "", ignore_empty_extractions=True)
+    sample = mathvista_sample("7", "multi_choice", "text", "3/5", [], choices=FRACTIONS)
+    assert task.score(sample, reply("I am not sure."))["correct"] is False
+    assert MathVistaTask(extractor=lambda reply, problem: "").score(sample, reply("I am not sure."))["correct"]
 
 
 def test_mathvista_lists_match_as_strings_unless_corrected():
@@ -342,7 +404,7 @@ def test_mathvista_metrics_by_type_and_skill():
         mathvista_sample("4", "free_form", "list", "[2007, 2008]", ["statistical reasoning"]),
     ]
     task = MathVistaTask()
-    replies = ["B", "2", "1.45", "Step by step, the peak is between 2007 and 2008."]
+    replies = ["8/11", "2", "1.45", "Step by step, the peak is between 2007 and 2008."]
     records = {s.id: task.score(s, reply(t)) for s, t in zip(samples, replies)}
     metrics = task.aggregate(samples, records)
     assert metrics == {

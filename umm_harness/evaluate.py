@@ -106,7 +106,7 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
         mlflow.log_dict(recipe.model_dump(mode="json"), "recipe.yaml")
         for task in tasks:
             with mlflow.start_run(run_name=task.name, nested=True):
-                log_batch(tags={**common_tags, "umm.benchmark": task.name, **_scorer_tag(task)})
+                log_batch(tags={**common_tags, "umm.benchmark": task.name, **_scorer_tag(task), **task.run_tags()})
                 result, cache = _run_task(task, model, recipe, ranks, samples[task.name], caches[task.name])
                 _tag_if_all_skipped(task.name, result)
                 metrics.update(log_benchmark(task.name, result, cache))
@@ -223,7 +223,7 @@ def _score_logged_outputs(recipe: EvalRecipe, tasks: list[Task], samples: dict[s
             with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"{task.name} (score)", nested=True):
                 log_batch(tags={**{k: v for k, v in tags.items() if k.startswith("umm.")}, "umm.stage": "score",
                                 "umm.benchmark": task.name, "umm.source_run": generated[0].info.run_id,
-                                **_scorer_tag(task)},
+                                **_scorer_tag(task), **task.run_tags()},
                           params=flatten(recipe.model_dump(mode="json", include={"judge", "task_options"}), "score."))
                 cache = _download_outputs(generated[0].info.run_id, task.name, Path(tmp))
                 result = run_benchmark(task, None, cache, run_seed=recipe.seed, batch_size=recipe.batch_size,

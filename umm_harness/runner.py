@@ -218,5 +218,5 @@ def run_benchmark(
     if scorer is not None and to_score:
         cache.add_scores(scorer, [(s.id, s.n, records[s.id]) for s in to_score])
     records = {s.id: records[s.id] for s in runnable}
-    metrics = task.aggregate(runnable, records)
+    metrics = {f"{task.metric_prefix}{name}": value for name, value in task.aggregate(runnable, records).items()}
     return BenchmarkResult(samples, records, failed, skipped, len(pending), reused, model_seconds, metrics)

@@ -29,6 +29,7 @@ class ParseError(ValueError):
 class Attempt:
     temperature: float = 0.0
     suffix: str = ""  # appended to the prompt for this attempt (a stronger format reminder)
+    discarded: bool = False  # sent and recorded but never read (MM-Vet's official sixth call)
 
 
 ONE_RETRY: tuple[Attempt, ...] = (Attempt(), Attempt())
@@ -91,6 +92,10 @@ def parse_with_retries(
         if not pending:
             break
         replies = ask_pending(pending, attempt, number)
+        if attempt.discarded:
+            for i, reply in zip(pending, replies):
+                verdicts[i].replies.append(reply)
+            continue
         still = []
         for i, reply in zip(pending, replies):
             verdict = verdicts[i]

@@ -21,8 +21,12 @@ Rules, with the official script's quirks reproduced (published numbers were made
 - The tile score is the mean over the item's questions; the item score the mean over tiles.
 - Category scores (from the `tuple` column, "entity - whole (man)" → L2 "entity - whole",
   L1 "entity") use the scores of the LAST tile only and from BEFORE the dependency zeroing.
-- Overall = mean of item scores × 100; L1 and L2 category = mean of their question scores × 100.
+- Overall = `np.mean(item scores) * 100`; L1 and L2 category = `np.mean(question scores) * 100`
+  (numpy's pairwise sum, then × 100: not always the last bit of `100 * sum / len`). With no
+  scored item at all the official overall is `np.mean([])`, NaN; so is ours.
 - An item whose image is not scored at all (no image file) is in no average.
+- A table whose `dependency` column holds no comma anywhere is read by pandas as numbers, and
+  the official script crashes on it (`int` has no `split`); such a table is refused.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
+
+from umm_harness.core.errors import ConfigError
 
 COLUMNS = ("item_id", "text", "keywords", "proposition_id", "dependency", "category_broad", "category_detailed",
            "tuple", "question_natural_language")
@@ -65,6 +72,10 @@ def read_question_table(path: Path) -> list[dict[str, Any]]:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: not DPG-Bench's question table; missing columns {', '.join(missing)}")
+    if frame["dependency"].dtype != object:
+        raise ConfigError(f"{path}: column `dependency` holds no comma-separated list anywhere, so pandas reads it "
+                         f"as numbers ({frame['dependency'].dtype}) and the official script crashes on it; "
+                         "use the published dpg_bench.csv")
     return frame.to_dict("records")
 
 
@@ -158,19 +169,22 @@ def summarize(item_scores: Iterable[ItemScore]) -> dict[str, float]:
         overall.append(item.score)
         for category, value in item.category_scores:
             l2[category].append(value)
-    metrics: dict[str, float] = {}
-    if overall:
-        metrics["overall"] = 100.0 * sum(overall) / len(overall)
+    metrics: dict[str, float] = {"overall": _percent(overall)}
     l1: dict[str, list[float]] = defaultdict(list)
     for category, values in l2.items():
         l1[l1_of(category)].extend(values)
     for name, values in sorted(l1.items()):
-        metrics[name] = 100.0 * sum(values) / len(values)
+        metrics[name] = _percent(values)
     for category, values in sorted(l2.items()):
         head, sep, rest = category.partition("-")
         if sep and rest.strip():
-            metrics[f"{head.strip()}/{rest.strip().replace(' ', '_')}"] = 100.0 * sum(values) / len(values)
+            metrics[f"{head.strip()}/{rest.strip().replace(' ', '_')}"] = _percent(values)
     return metrics
+
+
+def _percent(values: Sequence[float]) -> float:
+    """`np.mean(values) * 100` as the official report prints it; NaN for no values (as `np.mean([])`)."""
+    return float(np.mean(values)) * 100 if len(values) else math.nan
 
 
 # --- the 2×2 grid ---------------------------------------------------------------------------

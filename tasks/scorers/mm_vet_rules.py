@@ -10,23 +10,24 @@ Follows yuweihao/MM-Vet's `mm-vet_evaluator.py` (GPT-4 grader):
   structure (partial credit for half of an `<AND>` answer, a long explanation scored partly
   and fully); `load_grader_prompt` reads the official wording from the evaluator script instead.
 - Reply: up to 3 tokens at temperature 0; the score is the text before the first single space,
-  stripped, read as a float, accepted only within [0, 1]. So "0.6 because…" reads 0.6, "1.0\n"
-  reads 1.0, but " 0.6" (a leading space) and "0.6," do not read.
+  stripped, read as a float, accepted unless above 1 or below 0. So "0.6 because…" reads 0.6,
+  "1.0\n" reads 1.0, but " 0.6" (a leading space) and "0.6," do not read; "nan" reads as NaN
+  (NaN fails neither comparison), and a NaN score makes every total it is summed into NaN.
 - Retries (the official loop): the prompt again with a request for the digit appended, at
-  temperature 0.5, 1.0, 1.5, 2.0; after the fifth unreadable reply the score is 0.0. (The
-  official loop sends a sixth request, at temperature 2.5, and discards its reply; it is skipped
-  here, which changes no score.)
+  temperatures 0, 0.5, 1.0, 1.5 (so the schedule is 0, 0, 0.5, 1.0, 1.5); after the fifth
+  unreadable reply the official loop sends a sixth request (at 2.0), discards its reply and
+  scores 0.0. The sixth request is sent here too and its reply recorded, never read.
 - Totals: per capability, sum of scores / count × 100, rounded with numpy (`np.round`, half to
   even on the binary value ×10: 1.25 → 1.2, and 0.15 → 0.2 where Python's `round` gives 0.1).
 
-One deliberate difference: a reply of "nan" reads as a float in the official code and passes its
-range check, which would make every total NaN; here it is unreadable (retried, then failed).
+Rules checked against yuweihao/MM-Vet@acde843 `mm-vet_evaluator.py`. Departures: the grader
+prompt and the retry reminder are this project's words with the official structure (the
+official prompt is used with `grader_prompt="official"`; the reminder stays ours).
 """
 
 from __future__ import annotations
 
 import ast
-import math
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,8 @@ EXAMPLES: tuple[tuple[str, str, str, str], ...] = (
 RETRY_SUFFIX = "\nReply with the correctness score only, a number from 0.0 to 1.0: "
 
 OFFICIAL_SCHEDULE: tuple[Attempt, ...] = (
-    Attempt(0.0), *(Attempt(temperature, RETRY_SUFFIX) for temperature in (0.5, 1.0, 1.5, 2.0)),
+    Attempt(0.0), *(Attempt(temperature, RETRY_SUFFIX) for temperature in (0.0, 0.5, 1.0, 1.5)),
+    Attempt(2.0, RETRY_SUFFIX, discarded=True),
 )
 
 
@@ -92,13 +94,13 @@ def grading_prompt(grader_prompt: str, question: str, answer: str, prediction: s
 
 
 def parse_score(reply: str) -> float:
-    """The official reading: text before the first space, stripped, as a float in [0, 1]."""
+    """The official reading: text before the first space, stripped, as a float not above 1 nor below 0 (NaN passes)."""
     head = reply.split(" ")[0].strip()
     try:
         score = float(head)
     except ValueError:
         raise ParseError(f"not a number: {head[:40]!r}") from None
-    if math.isnan(score) or not 0.0 <= score <= 1.0:
+    if score > 1.0 or score < 0.0:
         raise ParseError(f"score {head!r} is outside [0, 1]")
     return score
 

@@ -1,11 +1,18 @@
 """MME's rules: reading yes/no from a reply, and a subtask's score from its answers.
 
-Follows the official `calculation.py` of the MME release (eval_tool). Its quirks are the
-default (BENCHMARKS.md): the reply is lower-cased and only its first 4 characters are looked
-at, "yes" before "no", so "eyes" reads yes and "not sure", "none", "know" read no; acc+ pairs
-consecutive lines of a subtask's answer file, not lines that share an image. The reply is
-stripped of surrounding whitespace first, as the official inference scripts strip decoded text
-before writing that file. The corrected reading takes the first word only.
+Follows the official `eval_tool/calculation.py` of the MME release (BradyFU/Awesome-Multimodal-
+Large-Language-Models, branch Evaluation, `tools/eval_tool.zip` at dd29509). Its quirks are the
+default (BENCHMARKS.md). The reply is the last tab-separated field of its answer-file line,
+lower-cased and still ending in the line's newline, never stripped: an exact "yes"/"no" is
+therefore never seen, and only the first 4 characters of `reply + "\n"` are looked at, "yes"
+before "no" — "eyes" reads yes, "not sure", "none", "know" read no, and a reply with two
+leading spaces ("  yes") is "other". acc+ pairs consecutive lines of a subtask's answer file,
+not lines that share an image. A subtask's score is `acc * 100 + acc_plus * 100` (two
+products, then the sum, as the official loop adds them).
+
+Departure: a reply holding a tab or a newline would break the official answer-file line (the
+official script then crashes or misreads the file); here the reply is always one field.
+The corrected reading strips the reply and takes its first word only.
 """
 
 from __future__ import annotations
@@ -22,13 +29,13 @@ COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation
 
 
 def read_yes_no(reply: str, *, corrected: bool = False) -> YesNo:
-    """The official reading: "yes" or "no" anywhere in the first 4 characters, "yes" checked first."""
-    text = reply.strip().lower()
+    """The official reading: "yes" or "no" anywhere in the first 4 characters of the unstripped
+    reply and its line's newline, "yes" checked first."""
     if corrected:
-        first = re.match(r"[a-z]+", text)
+        first = re.match(r"[a-z]+", reply.strip().lower())
         word = first.group(0) if first else ""
         return word if word in ("yes", "no") else "other"  # type: ignore[return-value]
-    head = text[:4]
+    head = (reply.lower() + "\n")[:4]  # the official exact "yes"/"no" test never fires on a line
     if "yes" in head:
         return "yes"
     if "no" in head:
@@ -39,7 +46,7 @@ def read_yes_no(reply: str, *, corrected: bool = False) -> YesNo:
 class SubtaskScore(BaseModel):
     acc: float  # fraction of questions answered right
     acc_plus: float  # fraction of images with both questions right
-    score: float  # (acc + acc_plus) × 100, at most 200
+    score: float  # acc × 100 + acc_plus × 100, at most 200
 
 
 def consecutive_pairs(flags: list[bool]) -> list[list[bool]]:
@@ -55,4 +62,4 @@ def subtask_score(flags: list[bool], pairs: list[list[bool]]) -> SubtaskScore:
     """
     acc = sum(flags) / len(flags) if flags else 0.0
     acc_plus = sum(len(p) == 2 and all(p) for p in pairs) / len(pairs) if pairs else 0.0
-    return SubtaskScore(acc=acc, acc_plus=acc_plus, score=(acc + acc_plus) * 100)
+    return SubtaskScore(acc=acc, acc_plus=acc_plus, score=acc * 100 + acc_plus * 100)
