@@ -26,7 +26,6 @@ from tasks.scorers.geneval_detector import (
     rescale_size,
 )
 from tests.conftest import SHARED_DATA
-from umm_harness.core.errors import ConfigError
 from tests.tiny_scorers import (
     ColorCLIPStandIn,
     ColorTokenizerStandIn,
@@ -34,6 +33,7 @@ from tests.tiny_scorers import (
     paint,
     scene_image,
 )
+from umm_harness.core.errors import ConfigError
 from umm_harness.core.errors import ConfigError
 
 CLASSNAMES = fetch_object_names(SHARED_DATA / "geneval")
@@ -315,6 +315,10 @@ def test_wiscore_weights():
 def test_wise_categories_by_prompt_id():
     assert [wise_rules.category_of(i) for i in (1, 400, 401, 567, 568, 700, 701, 801, 1000, 1001)] == [
         "cultural", "cultural", "time", "time", "space", "space", "biology", "physics", "chemistry", None]
+    verified = wise_rules.VERIFIED
+    assert [verified.category_of(i) for i in (400, 401, 520, 521, 640, 641, 760, 761, 880, 881, 1000)] == [
+        "cultural", "time", "time", "space", "space", "biology", "biology", "physics", "physics", "chemistry",
+        "chemistry"]
 
 
 def test_wise_overall_is_category_weighted_and_duplicates_count_twice():
@@ -327,24 +331,76 @@ def test_wise_overall_is_category_weighted_and_duplicates_count_twice():
     assert "wiscore" not in wise_rules.summarize(scored[:5])  # chemistry missing: no overall
 
 
+def full_wise_run(score_of) -> list[tuple[int, float]]:
+    return [(i, score_of(i)) for i in range(1, 1001)]
+
+
+def test_wise_both_protocols_match_the_official_calculators_on_a_full_run():
+    """All 1000 ids; the official `WISE_legacy/Calculate.py` and `calculate_verified.py`
+    (PKU-YuanGroup/WISE@eb51174), run on the same scores as JSONL, print Overall 0.70 for both
+    and categories 1.00 / 0.50. Legacy: cultural scored (2, 2, 2) except prompt 1, whose
+    consistency 5 is kept and averaged in; the rest (1, 1, 1). Verified: cultural 1, the rest
+    1 on even ids only."""
+    legacy = wise_rules.summarize(full_wise_run(
+        lambda i: wiscore(5 if i == 1 else 2, 2, 2) if i <= 400 else wiscore(1, 1, 1)))
+    assert legacy["cultural"] == pytest.approx((2.05 + 399) / 400) and legacy["time"] == 0.4999999999999999
+    assert f"{legacy['wiscore']:.2f}" == "0.70" and f"{legacy['cultural']:.2f}" == "1.00"
+    verified = wise_rules.summarize(full_wise_run(lambda i: 1.0 if i <= 400 or i % 2 == 0 else 0.0),
+                                    wise_rules.VERIFIED)
+    assert verified["cultural"] == 1.0 and verified["physics"] == 0.5
+    assert verified["wiscore"] == 0.4 * 1.0 + 0.12 * 0.5 + 0.12 * 0.5 + 0.12 * 0.5 + 0.12 * 0.5 + 0.12 * 0.5
+    assert f"{verified['wiscore']:.2f}" == "0.70"
+
+
+def wiscore(c: float, r: float, a: float) -> float:
+    return wise_rules.wiscore(c, r, a)
+
+
+def test_wise_a_missing_prompt_id_refuses_every_score():
+    """The official calculator aborts ("Missing IDs: [3, 702]") when judged results lack ids."""
+    scored = [(i, None if i in (3, 702) else 1.0) for i in range(1, 1001)]
+    with pytest.raises(wise_rules.IncompleteResults, match=r"prompt id\(s\) 3, 702;") as refused:
+        wise_rules.summarize(scored)
+    assert refused.value.missing == [3, 702]
+
+
 @pytest.mark.parametrize("reply, expected", [
     ("Consistency: 2\nRealism: 1\nAesthetic Quality: 0", (2, 1, 0)),
     ("**Consistency**: 1\n**Realism**: 2\n**Aesthetic Quality**: 2", (1, 2, 2)),
-    ("consistency：0 realism 1 aesthetic quality: 1", (0, 1, 1)),
+    ("consistency 0 realism 1 aesthetic quality: 1", (0, 1, 1)),  # the colon is optional
     ("Consistency: 10\nRealism: 1\nAesthetic Quality: 1", (1, 1, 1)),  # one digit is read
+    ("Consistency: 5\nRealism: 1\nAesthetic Quality: 1", (5, 1, 1)),  # out of range: kept
     ("Consistency: 0\nRealism: 0\nAesthetic Quality: 0\nOn reflection, Consistency: 2", (2, 0, 0)),
     ("2\n1\n0", (2, 1, 0)),  # bare lines, the fallback
 ])
 def test_wise_parser_reads_single_digits(reply, expected):
+    """Each reading is what the official `extract_scores` of `WISE_legacy/gpt_eval.py`
+    (PKU-YuanGroup/WISE@eb51174) returns for the same reply."""
     scores = wise_rules.parse_scores(reply)
     assert (scores["consistency"], scores["realism"], scores["aesthetic_quality"]) == expected
 
 
-@pytest.mark.parametrize("reply", ["Consistency: 2\nAesthetic Quality: 1", "Consistency: 5\nRealism: 1\n"
-                                   "Aesthetic Quality: 1", "I cannot see the image.", "2\n1"])
+@pytest.mark.parametrize("reply", [
+    "Consistency: 2\nAesthetic Quality: 1", "I cannot see the image.", "2\n1",
+    "Consistency：2\nRealism: 1\nAesthetic Quality: 0",  # a full-width colon is no score line
+    "consistency：2\nrealism：1\naesthetic quality：0",
+])
 def test_wise_parser_is_strict(reply):
     with pytest.raises(ParseError):
         wise_rules.parse_scores(reply)
+
+
+@pytest.mark.parametrize("reply, score", [
+    ("Score: 1", 1.0), ("**Score**: 0", 0.0), ("score 1", 1.0), ("1", 1.0), ("Thinking done.\n 0 \n", 0.0),
+    ("Score：1", None), ("0\n1", None), ("Score: 2", None), ("The score is 1", None),
+])
+def test_wise_verified_parser(reply, score):
+    """As `extract_scores` of `vllm_eval.py` (PKU-YuanGroup/WISE@eb51174) reads the same replies."""
+    if score is None:
+        with pytest.raises(ParseError):
+            wise_rules.parse_verdict(reply)
+    else:
+        assert wise_rules.parse_verdict(reply) == {"score": score}
 
 
 # --- UEval ----------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tasks import dpg_bench as dpg_module
+from tasks import wise as wise_module
 from tasks.base import Output, Sample
 from tasks.benchmark_files import git_blob_sha1
 from tasks.dpg_bench import DPGBenchTask
@@ -32,6 +33,7 @@ from tasks.scorers.geneval_detector import COLORS, GenEvalDetector
 from tasks.scorers.geneval_rules import Verdict
 from tasks.scorers.vqa import BlipVQA, ChatVQA
 from tasks.scorers.wise_rules import SYSTEM as WISE_SYSTEM
+from tasks.scorers.wise_rules import VERIFIED_SYSTEM as WISE_VERIFIED_SYSTEM
 from tasks.ueval import UEvalTask
 from tasks.uni_mmmu import UniMMMUTask
 from tasks.wise import WISETask, load_prompts
@@ -239,18 +241,56 @@ def test_wise_task_judges_and_weights(tmp_path):
     items = [(s, outputs([solid("blue")] if s.id != "3" else [None])) for s in chosen]
     records = dict(zip([s.id for s in chosen], task.score_many(items)))
     assert records["701"]["score"] == pytest.approx(0.8) and records["901"]["score"] == pytest.approx(0.05)
-    assert records["2"]["judge_failed"] and records["2"]["score"] is None and len(records["2"]["judge_replies"]) == 2
-    assert records["3"]["missing_image"] and records["3"]["score"] == 0.0
-    metrics = task.aggregate(chosen, records)
-    # cultural = mean(1.0, 0.0 for the missing image); prompt 2 failed: in no average.
-    assert metrics["cultural"] == pytest.approx(0.5)
-    assert metrics["wiscore"] == pytest.approx(0.4 * 0.5 + 0.167 * 0.5 + 0.1 * 0.8 + 0.1 * 0.35 + 0.1 * 0.05)
-    assert metrics["judge_failures"] == 1 and metrics["missing_images"] == 1
+    # Asked 3 times, as the official judge script; no image: not judged, as officially.
+    assert records["2"]["judge_failed"] and records["2"]["score"] is None and len(records["2"]["judge_replies"]) == 3
+    assert records["3"]["missing_image"] and records["3"]["score"] is None
+    # Prompts 2 and 3 have no judged score: the official calculator reports nothing but why.
+    assert task.aggregate(chosen, records) == {"judge_failures": 1.0, "missing_images": 1.0, "unscored_prompts": 2.0}
+    metrics = task.aggregate(chosen[:6], records)
+    assert metrics["cultural"] == pytest.approx(1.0) and metrics["unscored_prompts"] == 0
+    assert metrics["wiscore"] == pytest.approx(0.4 * 1.0 + 0.167 * 0.5 + 0.1 * 0.8 + 0.1 * 0.35 + 0.1 * 0.05)
     first = judge.requests[0]
     assert first.system == WISE_SYSTEM and len(first.images) == 1 and samples[1].references["explanation"] in first.text
     asked = len(judge.requests)
     again = WISETask(WISE, judge=judge, cache_dir=tmp_path / "cache").score_many(items)
     assert len(judge.requests) == asked and again[3]["score"] == records["701"]["score"]  # all from the cache
+
+
+def test_wise_verified_protocol_reads_its_own_prompts_and_binary_verdicts(tmp_path):
+    """WISE_Verified (PKU-YuanGroup/WISE@eb51174): its own prompt files (checked by blob hash),
+    one "Score: 0|1" per image, its metrics under `verified/` and its protocol tagged."""
+    folder = tmp_path / "data_verified"
+    folder.mkdir()
+    entries = {"cultural_common_sense": [(1, "a mooncake")], "spatio-temporal_reasoning": [(521, "noon in Cairo")],
+               "natural_science": [(641, "a sunflower at dusk")]}
+    for stem, prompts in entries.items():
+        data = json.dumps([{"prompt_id": i, "Prompt": p, "Category": "c", "Subcategory": "s", "Explanation": f"x{i}"}
+                           for i, p in prompts]).encode()
+        (folder / f"{stem}_verified.json").write_bytes(data)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(wise_module, "VERIFIED_PROMPT_FILES", tuple(
+            f.model_copy(update={"blob_sha1": git_blob_sha1((tmp_path / f.path).read_bytes())})
+            for f in wise_module.VERIFIED_PROMPT_FILES))
+        judge = ScriptedVisionJudge(lambda r: "Score: 1" if "mooncake" in r.text else "Score: 0")
+        task = WISETask(tmp_path, judge=judge, cache_dir=tmp_path / "cache", protocol="verified")
+        samples = task.samples()
+    assert [(s.id, s.category) for s in samples] == [("1", "cultural"), ("521", "space"), ("641", "biology")]
+    assert "Score: 1" in judge_text_of(task, samples[0]) and task.system == WISE_VERIFIED_SYSTEM
+    records = dict(zip(["1", "521", "641"], task.score_many([(s, outputs([solid("blue")])) for s in samples])))
+    assert [r["score"] for r in records.values()] == [1.0, 0.0, 0.0]
+    assert task.aggregate(samples, records) == {"cultural": 1.0, "space": 0.0, "biology": 0.0, "judge_failures": 0.0,
+                                                "missing_images": 0.0, "unscored_prompts": 0.0}
+    assert task.metric_prefix == "verified/"
+    assert task.run_tags() == {"umm.scoring_mode": "official", "umm.protocol": "verified"}
+    assert WISETask(WISE).metric_prefix == "" and "umm.protocol" not in WISETask(WISE).run_tags()
+    with pytest.raises(ConfigError, match="protocol"):
+        WISETask(WISE, protocol="v2")
+
+
+def judge_text_of(task: WISETask, sample) -> str:
+    from tasks.scorers.wise_rules import judge_text
+
+    return judge_text(sample.request.prompt, sample.references["explanation"], task.instructions)
 
 
 def test_a_tiny_random_chat_vlm_as_dpg_vqa_and_wise_judge(tmp_path, monkeypatch):
@@ -265,8 +305,8 @@ def test_a_tiny_random_chat_vlm_as_dpg_vqa_and_wise_judge(tmp_path, monkeypatch)
     wise = WISETask(WISE, judge=VisionFixedReplyLength(vlm, 4), cache_dir=tmp_path / "cache")
     chosen = [s for s in wise.samples() if s.id in ("1", "701")]
     records = dict(zip(["1", "701"], wise.score_many([(s, outputs([solid("blue", 40)])) for s in chosen])))
-    assert all(r["judge_failed"] and len(r["judge_replies"]) == 2 for r in records.values())
-    assert wise.aggregate(chosen, records) == {"judge_failures": 2.0, "missing_images": 0.0}
+    assert all(r["judge_failed"] and len(r["judge_replies"]) == 3 for r in records.values())
+    assert wise.aggregate(chosen, records) == {"judge_failures": 2.0, "missing_images": 0.0, "unscored_prompts": 2.0}
     assert records["1"]["judge"] == f"{vlm.id}#max_tokens=4"
 
 

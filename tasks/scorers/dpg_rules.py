@@ -72,7 +72,7 @@ def read_question_table(path: Path) -> list[dict[str, Any]]:
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"{path}: not DPG-Bench's question table; missing columns {', '.join(missing)}")
-    if frame["dependency"].dtype != object:
+    if pd.api.types.is_numeric_dtype(frame["dependency"]):
         raise ConfigError(f"{path}: column `dependency` holds no comma-separated list anywhere, so pandas reads it "
                          f"as numbers ({frame['dependency'].dtype}) and the official script crashes on it; "
                          "use the published dpg_bench.csv")
