@@ -17,15 +17,22 @@ Scoring (`tasks/scorers/geneval_rules.py` + `tasks/scorers/geneval_detector.py`)
 correct only if every include clause holds (exact counts, colour by CLIP on the masked crop,
 position with the 0.1 margin) and no exclude clause is violated; detection score threshold 0.3
 (0.9 for counting), compared in float32; duplicates kept (max_overlap 1.0). Quirks of the
-official evaluator are listed in those modules and reproduced.
+official evaluator (djghosh13/geneval@af4902f `evaluation/evaluate_images.py`,
+`evaluation/summary_scores.py`) are listed in those modules and reproduced. The official
+script's `--options` that change verdicts are task options: `max_objects` (16), `max_overlap`
+(1.0) and `position_threshold` (0.1); any other value is part of `scorer_id`.
 
 Metrics (fractions, as the paper's tables): `overall` = unweighted mean of the six task
 accuracies; `<tag>` per task (single_object, two_object, counting, colors, position,
 color_attr) = fraction of that task's images judged correct; `images_correct` (all images
 pooled) and `prompts_correct` (a prompt with at least one correct image), the evaluator's
-summary lines. An image the backbone did not return counts as incorrect (the official script
-scores only files present; counting it wrong keeps a failing model from looking better) and is
-counted in `missing_images`.
+summary lines. As `summary_scores.py`, `overall` is `np.mean` of the tag accuracies in the order
+the tags first appear (sample order here; the official order is the prompt folders' directory
+listing order), and `prompts_correct` groups images by their metadata record (the JSON of the
+prompt's metadata), so two prompts with identical metadata are one prompt there.
+Departure: an image the backbone did not return counts as incorrect (the official script scores
+only files present; counting it wrong keeps a failing model from looking better) and is counted
+in `missing_images`.
 
 Scorer: `detector=` an object with `judge(image, metadata)` and `scorer_id` (tests use tiny
 random models), else Mask2Former + CLIP built lazily from `detector_model` / `clip_model`
@@ -43,7 +50,7 @@ from typing import Any, ClassVar
 from tasks.base import Output, Sample, Task
 from tasks.benchmark_files import BenchmarkFile, fetch
 from tasks.scorers.geneval_detector import DEFAULT_CLIP, DEFAULT_DETECTOR, GenEvalDetector, scorer_id
-from tasks.scorers.geneval_rules import summarize
+from tasks.scorers.geneval_rules import MAX_OBJECTS, POSITION_MARGIN, Settings, summarize
 
 COMMIT = "af4902f24d3ca90ebbb446dd9891a59e0f82725f"
 _RAW = f"https://raw.githubusercontent.com/djghosh13/geneval/{COMMIT}"
@@ -75,7 +82,8 @@ class GenEvalTask(Task):
     def __init__(self, data_dir: Path | None = None, *, detector: Any = None,
                  detector_model: str = DEFAULT_DETECTOR, clip_model: str = DEFAULT_CLIP,
                  detector_revision: str | None = None, clip_revision: str | None = None,
-                 device: str | None = None, images_per_prompt: int = IMAGES_PER_PROMPT, max_overlap: float = 1.0):
+                 device: str | None = None, images_per_prompt: int = IMAGES_PER_PROMPT, max_overlap: float = 1.0,
+                 max_objects: int = MAX_OBJECTS, position_threshold: float = POSITION_MARGIN):
         super().__init__(data_dir)
         if images_per_prompt < 1:
             raise ValueError("images_per_prompt must be at least 1")
@@ -83,7 +91,7 @@ class GenEvalTask(Task):
         self._detector_args = dict(detector=detector_model, clip=clip_model, detector_revision=detector_revision,
                                    clip_revision=clip_revision, device=device)
         self.images_per_prompt = images_per_prompt
-        self.max_overlap = max_overlap
+        self.settings = Settings(max_objects=max_objects, max_overlap=max_overlap, position_threshold=position_threshold)
 
     @property
     def scorer_id(self) -> str:
@@ -92,7 +100,7 @@ class GenEvalTask(Task):
         else:
             args = self._detector_args
             base = scorer_id(args["detector"], args["clip"], args["detector_revision"], args["clip_revision"])
-        return base + (f";max_overlap={self.max_overlap}" if self.max_overlap != 1.0 else "")
+        return base + self.settings.changed()
 
     @property
     def detector(self) -> Any:
@@ -115,7 +123,7 @@ class GenEvalTask(Task):
                 images.append({"k": output.k, "seed": output.seed, "correct": False, "missing": True,
                                "reason": "no image"})
                 continue
-            verdict, details = self.detector.judge(output.images[0], sample.references, max_overlap=self.max_overlap)
+            verdict, details = self.detector.judge(output.images[0], sample.references, settings=self.settings)
             images.append({"k": output.k, "seed": output.seed, "correct": verdict.correct, "missing": False,
                            "reason": verdict.reason, **details})
         score = sum(image["correct"] for image in images) / len(images) if images else 0.0
@@ -123,7 +131,7 @@ class GenEvalTask(Task):
 
     def aggregate(self, samples: list[Sample], records: dict[str, dict[str, Any]]) -> dict[str, float]:
         judged: list[tuple[str, bool]] = []
-        per_prompt: list[bool] = []
+        per_prompt: dict[str, bool] = {}  # metadata JSON → any image correct
         missing = 0
         for sample in samples:
             record = records.get(sample.id)
@@ -135,11 +143,12 @@ class GenEvalTask(Task):
             flags = [bool(image["correct"]) for image in record["images"]]
             missing += sum(bool(image.get("missing")) for image in record["images"])
             judged += [(record["tag"], flag) for flag in flags]
-            per_prompt.append(any(flags))
+            key = json.dumps(sample.references)
+            per_prompt[key] = per_prompt.get(key, False) or any(flags)
         metrics: dict[str, float] = dict(summarize(judged))
         if judged:
             metrics["images_correct"] = sum(flag for _, flag in judged) / len(judged)
-            metrics["prompts_correct"] = sum(per_prompt) / len(per_prompt)
+            metrics["prompts_correct"] = sum(per_prompt.values()) / len(per_prompt)
         metrics["missing_images"] = float(missing)
         return metrics
 

@@ -126,7 +126,7 @@ class ColourKeyedDetectorStandIn:
 
     scorer_id = "colour-keyed-stand-in"
 
-    def judge(self, image, metadata, max_overlap=1.0):
+    def judge(self, image, metadata, settings=None):
         correct = image.getpixel((0, 0)) == paint("green")
         return Verdict(correct, "" if correct else "not green"), {"detections": {}, "colors": {}}
 
@@ -147,6 +147,19 @@ def test_geneval_task_scores_and_aggregates_by_tag():
     other = GenEvalTask(GENEVAL)  # the default Mask2Former + CLIP scorer: records of another scorer refused
     with pytest.raises(ValueError, match="re-score"):
         other.aggregate([single], records)
+
+
+def test_geneval_prompts_correct_groups_images_by_their_metadata_record():
+    """`summary_scores.py` (djghosh13/geneval@af4902f) groups by the metadata JSON: two prompt
+    folders with the same metadata are one prompt (run on such results it prints "Total
+    prompts: 1" and "% correct prompts: 100.00%")."""
+    task = GenEvalTask(GENEVAL, detector=ColourKeyedDetectorStandIn(), max_objects=3, position_threshold=0.2)
+    meta = {"tag": "single_object", "include": [{"class": "cat", "count": 1}], "prompt": "a photo of a cat"}
+    twins = [Sample(id=i, category="single_object", references=dict(meta), n=1) for i in ("00001", "00002")]
+    records = {"00001": task.score(twins[0], outputs([solid("green")])),
+               "00002": task.score(twins[1], outputs([solid("red")]))}
+    assert task.aggregate(twins, records)["prompts_correct"] == 1.0
+    assert task.scorer_id.endswith(";max_objects=3;position_threshold=0.2")
 
 
 def test_tiny_random_mask2former_and_clip_end_to_end():

@@ -7,6 +7,8 @@ import pytest
 
 from tasks.scorers.geneval_rules import (
     Detection,
+    Settings,
+    box_iou,
     evaluate,
     judge,
     relative_position,
@@ -151,8 +153,23 @@ def test_selection_sorts_by_score_caps_at_16_and_keeps_duplicates():
 
 def test_max_overlap_suppresses_duplicates_when_asked():
     dets = [det("circle", (0, 0, 20, 20), 0.9), det("circle", (1, 0, 21, 20), 0.8), det("circle", (50, 0, 70, 20), 0.7)]
-    kept = select_detections(dets, "single_object", max_overlap=0.5)["circle"]
+    kept = select_detections(dets, "single_object", Settings(max_overlap=0.5))["circle"]
     assert [d.score for d in kept] == [0.9, 0.7]
+
+
+def test_overlap_is_the_official_iou_with_inclusive_pixel_areas():
+    """Official `compute_iou` (djghosh13/geneval@af4902f), run on these boxes: 0.33333334
+    (10×10-pixel boxes sharing 5×10 pixels), so at max_overlap 0.3 the second is suppressed;
+    without the "+1" the IoU would be 36/126 = 0.29 and both kept."""
+    assert box_iou((0, 0, 9, 9), (5, 0, 14, 9)) == pytest.approx(1 / 3)
+    dets = [det("circle", (0, 0, 9, 9), 0.9), det("circle", (5, 0, 14, 9), 0.8)]
+    assert len(select_detections(dets, "single_object", Settings(max_overlap=0.3))["circle"]) == 1
+
+
+def test_max_objects_is_an_option():
+    dets = [det("circle", at(10, 10), score=0.5 + 0.01 * i) for i in range(5)]
+    assert len(select_detections(dets, "single_object", Settings(max_objects=2))["circle"]) == 2
+    assert Settings(max_objects=2).changed() == ";max_objects=2" and Settings().changed() == ""
 
 
 def test_classes_without_kept_detections_are_absent():
@@ -168,6 +185,21 @@ def test_relative_position_margin_just_outside_and_just_inside():
     assert relative_position(at(0, 0), at(8.0, 0)) == set()  # 4 / 8 = 0.5 exactly: no relation
     # Without the margin the same pair would already be "left of".
     assert relative_position(at(0, 0), at(8.0, 0), margin=0) == {"left of"}
+
+
+def test_relative_position_is_computed_in_float32():
+    """These float32 boxes sit a hair beyond the margin in float32 arithmetic; the official
+    `relative_position` (commit as above), given them as float32 detector rows, answers
+    {"left of"}; the same sums in float64 would find no relation."""
+    a = (0.0, 0.0, 172.19383239746094, 172.19383239746094)
+    b = (68.87753295898438, 0.0, 241.0713653564453, 172.19383239746094)
+    assert relative_position(a, b) == {"left of"}
+
+
+def test_position_threshold_is_an_option():
+    pair = [det("circle", at(10, 10)), det("square", at(0, 10))]  # the square 10 px left of the circle
+    assert judge(POSITION, pair).correct  # (10 - 0.1 × 40) / 10 = 0.6 > 0.5
+    assert not judge(POSITION, pair, settings=Settings(position_threshold=0.2)).correct  # (10 - 8) / 10 = 0.2
 
 
 def test_relative_position_within_the_margin_has_no_relation():
@@ -200,3 +232,12 @@ def test_overall_is_the_unweighted_mean_of_tag_accuracies():
     summary = summarize(results)
     assert summary == {"counting": 0.25, "single_object": 1.0, "overall": pytest.approx(0.625)}
     assert summarize([]) == {}
+
+
+def test_overall_averages_tags_in_order_of_first_appearance():
+    """`summary_scores.py` (commit as above) groups with `sort=False`; its `np.mean` over these
+    tag accuracies, in this order, is 0.43749999999999994 (sorted order would give 0.4375)."""
+    flags = {"counting": [True, False, False, False], "single_object": [True, False],
+             "colors": [True, True, False], "position": [True, False, False]}
+    results = [(tag, flag) for tag, values in flags.items() for flag in values]
+    assert summarize(results)["overall"] == 0.43749999999999994

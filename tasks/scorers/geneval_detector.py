@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tasks.scorers.geneval_rules import Detection, Verdict, evaluate, select_detections
+from tasks.scorers.geneval_rules import Detection, Settings, Verdict, evaluate, select_detections
 
 DEFAULT_DETECTOR = "facebook/mask2former-swin-small-coco-instance"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -306,11 +306,11 @@ class GenEvalDetector:
     # the verdict
 
     def judge(self, image: Image.Image, metadata: dict[str, Any], *,
-              max_overlap: float = 1.0) -> tuple[Verdict, dict[str, Any]]:
+              settings: Settings = Settings()) -> tuple[Verdict, dict[str, Any]]:
         """GenEval's verdict for one image, and what was judged (kept detections, colours read)."""
         image = image.convert("RGB")
         detections, masks = self.detections(image)
-        objects = select_detections(detections, metadata["tag"], max_overlap=max_overlap)
+        objects = select_detections(detections, metadata["tag"], settings)
         colors_read: dict[str, list[str]] = {}
 
         def color_of(classname: str, found: Sequence[Detection]) -> list[str | None]:
@@ -318,7 +318,7 @@ class GenEvalDetector:
             colors_read[classname] = colors
             return list(colors)
 
-        verdict = evaluate(metadata, objects, color_of)
+        verdict = evaluate(metadata, objects, color_of, settings.position_threshold)
         details = {
             "detections": {label: [[round(v, 2) for v in d.box] + [d.score] for d in dets]
                            for label, dets in objects.items()},
