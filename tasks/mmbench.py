@@ -11,11 +11,17 @@ one rotation and `aggregate()` judges the groups.
 Prompt (LLaVA's MMBench prompt): the hint line when there is one, the question, "A. …" option
 lines, then "Answer with the option's letter from the given choices directly.".
 
-Scoring: VLMEvalKit's rule path, exact matching, no LLM judge (`tasks/scorers/mmbench_rules.py`
-reads the letter). Kept quirks of `mcq_circular_eval`: only groups whose rotation 0 has a record
+Scoring: VLMEvalKit's current rule path (open-compass/VLMEvalKit@e8e78f0: `matching_util.py`,
+`multiple_choice.py` `mcq_circular_eval`, `image_mcq.py`), exact matching, no LLM judge
+(`tasks/scorers/mmbench_rules.py` reads the letter). Option cells and replies are read as the
+official pandas tables read them: "NA", "None", "" … are missing (an option dropped, a reply
+"nan"). Kept quirks of `mcq_circular_eval`: only groups whose rotation 0 has a record
 are scored (others are dropped silently; `skipped_groups` counts them here), rotations without
 a record are not checked, and a group is judged rotation by rotation, stopping at the first
-wrong one. The corrected mode scores every group and counts a missing rotation as wrong.
+wrong one. The corrected mode (opt-in, metrics under `mmbench/corrected/`) scores every group
+and counts a missing rotation as wrong. Departure: VLMEvalKit's LLM-judge matching (used when
+a judge model is configured) is not offered; unread replies are simply wrong, as with its
+`exact_matching` policy.
 
 Metrics (fractions over scored groups, as VLMEvalKit's `report_acc`): `overall`,
 `l2/<ability>` (CP, FP-S, FP-C, LR, RR, AR), `category/<category>`, and `skipped_groups`.
@@ -23,7 +29,6 @@ Metrics (fractions over scored groups, as VLMEvalKit's `report_acc`): `overall`,
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections import defaultdict
@@ -35,7 +40,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks.base import Output, Sample, Task
 from tasks.hub_data import HubSource, Row, image_cell, load_rows
-from tasks.scorers.mmbench_rules import L2_ABBREVIATIONS, read_option, rotate
+from tasks.scorers.mmbench_rules import L2_ABBREVIATIONS, read_option, rotate, table_cell, table_reply
 
 HUB_ID = "lmms-lab/MMBench"
 CONFIG = "en"
@@ -52,10 +57,8 @@ class MMBenchOptions(BaseModel):
 
 
 def _present(value: Any) -> bool:
-    """An option or hint cell that holds text (the published files write absent ones as NaN or "nan")."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    return str(value).strip() not in ("", "nan")
+    """An option or hint cell that holds text as VLMEvalKit's pandas tables read it ("NA", "None", … are missing)."""
+    return table_cell(value) is not None
 
 
 def _prompt(hint: Any, question: str, choices: dict[str, str]) -> str:
@@ -110,7 +113,7 @@ class MMBenchTask(Task):
         )
 
     def score(self, sample: Sample, outputs: list[Output]) -> dict[str, Any]:
-        reply = outputs[0].text or ""
+        reply = table_reply(outputs[0].text)
         extracted = read_option(reply, sample.references["choices"])
         correct = extracted == sample.references["answer"]
         return {"reply": reply, "extracted": extracted, "reference": sample.references["answer"],

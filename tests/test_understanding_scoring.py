@@ -229,6 +229,36 @@ def test_mmbench_reads_an_option_like_vlmevalkit(text, letter):
     assert mmbench_rules.read_option(text, dict(PETS)) == letter
 
 
+FOUR_PETS = {"A": "cat", "B": "dog", "C": "bird", "D": "fish"}
+
+
+@pytest.mark.parametrize(("text", "letter"), [
+    ("The answer is B, but it could be wrong or maybe not at all", "B"),  # the token is too early: "answer is"
+    ("Not A; the answer is C.", "C"),  # two letter tokens: "answer is" decides
+    ("The answer is Because of the dog", "B"),  # quirk: the B of "Because"
+    ("the answer is d", "D"),  # any case
+    ("Failed to obtain answer via API. Cannot determine the answer", None),  # API failure: no letter, no "Z"
+])
+def test_mmbench_current_vlmevalkit_rules(text, letter):
+    """`can_infer` of open-compass/VLMEvalKit@e8e78f0, run on these replies with options
+    cat/dog/bird/fish: B, C, B, D, and nothing (False)."""
+    assert mmbench_rules.read_option(text, dict(FOUR_PETS)) == letter
+
+
+def test_mmbench_cells_and_replies_take_the_pandas_round_trip():
+    """VLMEvalKit@e8e78f0 reads the question TSV and the prediction table with pandas: options
+    "None"/"NA" are missing and dropped; an empty or "NA" reply is "nan", which contains option
+    A's text "na" — its `can_infer` reads A for both."""
+    row = {"A": "na", "B": "kiwi", "C": "None", "D": "NA"}
+    choices = {c: row[c] for c in "ABCD" if mmbench_rules.table_cell(row[c]) is not None}
+    assert choices == {"A": "na", "B": "kiwi"}
+    assert mmbench_rules.table_reply("") == mmbench_rules.table_reply("NA") == mmbench_rules.table_reply(None) == "nan"
+    assert mmbench_rules.read_option("", choices) == mmbench_rules.read_option("NA", choices) == "A"
+    sample = Sample(id="1-r0", category="ocr", references={"group": 1, "rotation": 0, "answer": "A", "choices": choices,
+                                                           "l2_category": "coarse_perception"})
+    assert MMBenchTask().score(sample, reply(None))["correct"]
+
+
 def test_mmbench_rotation_moves_options_and_answer():
     assert mmbench_rules.rotate(["w", "x", "y", "z"], "C", 1) == (["x", "y", "z", "w"], "B")
     assert mmbench_rules.rotate(["w", "x", "y", "z"], "A", 3) == (["z", "w", "x", "y"], "B")
