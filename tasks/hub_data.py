@@ -38,6 +38,7 @@ class HubSource(BaseModel):
     split: str
     configs: tuple[str | None, ...] = (None,)
     revision: str | None = None  # hub downloads only; a local copy is read as it is
+    file_name: str | None = None  # a single file the hub stores the split in (MMStar: mmstar.parquet)
 
 
 def load_rows(source: HubSource, data_dir: Path | None, name: str) -> list[tuple[str | None, Row]]:
@@ -64,12 +65,14 @@ def _shard_pattern(split: str) -> re.Pattern[str]:
 _SAVED_SHARD = re.compile(r"^data-\d+-of-\d+\.arrow$")  # `Dataset.save_to_disk`: <split>/data-00000-of-0000N.arrow
 
 
-def _shards(root: Path, config: str | None, split: str) -> list[Path]:
+def _shards(root: Path, config: str | None, split: str, file_name: str | None = None) -> list[Path]:
     """The split's shards of one config: in `<config>/`, or for the default config in `data/` or at the top;
-    parquet or arrow, named `<split>-…` or saved as `<split>/data-…-of-….arrow`."""
+    parquet or arrow, named `<split>-…` (or `file_name`, a single file the hub stores the split in) or saved
+    as `<split>/data-…-of-….arrow`."""
     pattern = _shard_pattern(split)
     for folder in [root / config] if config else [root / "data", root]:
-        found = sorted(p for p in folder.glob("*.*") if pattern.match(p.name)) if folder.is_dir() else []
+        found = (sorted(p for p in folder.glob("*.*") if pattern.match(p.name) or p.name == file_name)
+                 if folder.is_dir() else [])
         saved = folder / split
         found = found or (sorted(p for p in saved.glob("*.arrow") if _SAVED_SHARD.match(p.name))
                           if saved.is_dir() else [])
@@ -91,8 +94,11 @@ def _read_shard(shard: Path) -> pa.Table:
 
 def _local_root(source: HubSource, data_dir: Path, name: str) -> Path:
     for root in (data_dir / source.hub_id, data_dir / name, data_dir):
-        if all(_shards(root, config, source.split) for config in source.configs):
+        if all(_shards(root, config, source.split, source.file_name) for config in source.configs):
             return root
+    if source.file_name:
+        raise ConfigError(f"{name}: no {source.file_name} of {source.hub_id} under --data-dir {data_dir}; expected "
+                          f"<data-dir>/{source.hub_id}/{source.file_name} (the hub's layout)")
     missing = next(c for c in source.configs if not _shards(data_dir / source.hub_id, c, source.split))
     raise ConfigError(
         f"{name}: no '{source.split}' parquet or arrow shards of {source.hub_id} under --data-dir {data_dir}; expected "
@@ -102,7 +108,7 @@ def _local_root(source: HubSource, data_dir: Path, name: str) -> Path:
 
 def _local_rows(source: HubSource, root: Path, config: str | None) -> list[Row]:
     rows: list[Row] = []
-    for shard in _shards(root, config, source.split):
+    for shard in _shards(root, config, source.split, source.file_name):
         try:
             rows.extend(_read_shard(shard).to_pylist())
         except (pa.ArrowInvalid, OSError) as exc:

@@ -17,6 +17,7 @@ TASKS: dict[str, str] = {
     "mmbench": "tasks.mmbench:MMBenchTask",
     "mm_vet": "tasks.mm_vet:MMVetTask",
     "mathvista": "tasks.mathvista:MathVistaTask",
+    "mmstar": "tasks.mmstar:MMStarTask",
     "geneval": "tasks.geneval:GenEvalTask",
     "dpg_bench": "tasks.dpg_bench:DPGBenchTask",
     "wise": "tasks.wise:WISETask",
@@ -28,7 +29,7 @@ TASKS: dict[str, str] = {
 
 SUITES: dict[str, list[str]] = {
     "shapes": ["shapes"],
-    "understanding": ["mme", "mmmu", "mmbench", "mm_vet", "mathvista"],
+    "understanding": ["mme", "mmmu", "mmbench", "mm_vet", "mathvista", "mmstar"],
     "generation": ["geneval", "dpg_bench", "wise"],
     "unified": ["ueval", "uni_mmmu"],
     "editing": ["gedit", "imgedit"],

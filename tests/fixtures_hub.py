@@ -168,3 +168,32 @@ def write_mathvista(data_dir: Path) -> list[dict[str, Any]]:
     _write(data_dir / "AI4Math/MathVista/data/testmini-00000-of-00001-725687bf7a18d64b.parquet", rows,
            MATHVISTA_SCHEMA)
     return rows
+
+
+MMSTAR_SCHEMA = pa.schema([
+    ("index", pa.int64()), ("question", pa.string()), ("image", IMAGE), ("answer", pa.string()),
+    ("category", pa.string()), ("l2_category", pa.string()),
+    ("meta_info", pa.struct([("source", pa.string()), ("split", pa.string()), ("image_path", pa.string())])),
+])
+
+
+def write_mmstar(data_dir: Path) -> list[dict[str, Any]]:
+    """Four questions as Lin-Chen/MMStar stores them (options inline in the question, one
+    `mmstar.parquet`): two capabilities, an option text holding a comma, an option "None" (which
+    VLMEvalKit's tables read as missing), a question without options, one on a corrupt image."""
+
+    def row(index: int, question: str, answer: str, category: str, l2: str, picture: dict) -> dict[str, Any]:
+        return {"index": index, "question": question, "image": picture, "answer": answer, "category": category,
+                "l2_category": l2, "meta_info": {"source": "fixture", "split": "val", "image_path": f"{index}.png"}}
+
+    rows = [
+        row(0, "What colour is the square?\nOptions: A: red, B: green, C: blue, D: black", "A",
+            "coarse perception", "image scene and topic", image("red", "0.png")),
+        row(1, "Which pair is shown?\nOptions: A: a cat, a dog, B: two birds, C: None, D: a fish", "A",
+            "fine-grained perception", "object counting", image("green", "1.png")),
+        row(2, "How many sides has a square?", "B", "math", "numeric commonsense and calculation",
+            image("blue", "2.png")),
+        row(3, "Is it day?\nOptions: A: yes, B: no", "A", "coarse perception", "image style & quality", CORRUPT),
+    ]
+    _write(data_dir / "Lin-Chen/MMStar/mmstar.parquet", rows, MMSTAR_SCHEMA)
+    return rows

@@ -15,8 +15,9 @@ from tasks.mathvista import MathVistaTask
 from tasks.mmbench import MMBenchTask
 from tasks.mme import MMETask
 from tasks.mmmu import MMMUTask
+from tasks.mmstar import MMStarTask, split_question
 from tasks.scorers.mmmu_rules import SUBJECTS
-from tests.fixtures_hub import write_mathvista, write_mmbench, write_mme, write_mmmu
+from tests.fixtures_hub import write_mathvista, write_mmbench, write_mme, write_mmmu, write_mmstar
 from umm_harness.core.errors import ConfigError
 
 
@@ -139,10 +140,40 @@ def test_mathvista_loads_queries_and_types(tmp_path):
     assert samples[1].references["skills"] == ["arithmetic reasoning", "numeric commonsense"]
     assert_failed_on_image(samples[4])
 
-    replies = {"1": "(B)", "2": "3", "3": "1.45", "4": "[2007, 2008]"}
+    replies = {"1": "8/11", "2": "3", "3": "1.45", "4": "[2007, 2008]"}  # a list literal goes to the extractor
     records, metrics = run(task, samples, replies)
-    assert all(r["correct"] and r["extracted_by"] == "rule" for r in records.values())
-    assert metrics["overall"] == 1.0 and metrics["extraction_unavailable"] == 0.0
+    assert all(records[i]["correct"] and records[i]["extracted_by"] == "rule" for i in "123")
+    assert records["4"]["extracted_by"] == "unavailable"
+    assert metrics["overall"] == 0.75 and metrics["extraction_unavailable"] == 1.0
+
+
+def test_mmstar_splits_inline_options_and_scores_like_vlmevalkit(tmp_path):
+    write_mmstar(tmp_path)
+    task = MMStarTask(data_dir=tmp_path)
+    samples = task.samples()
+    assert [s.id for s in samples] == ["0", "1", "2", "3"]
+    first, pair, no_options, corrupt = samples
+    assert first.request.prompt == (
+        "Question: What colour is the square?\nOptions:\nA. red\nB. green\nC. blue\nD. black\n"
+        "Please select the correct answer from the options above. \n")
+    assert_decoded(first)
+    # A comma inside an option stays in it; "None" is no option, as VLMEvalKit's pandas table reads it.
+    assert pair.references["choices"] == {"A": "a cat, a dog", "B": "two birds", "D": "a fish"}
+    assert no_options.request is None and "Options" in no_options.error
+    assert_failed_on_image(corrupt)
+
+    replies = {"0": "The answer is A.", "1": "two birds"}
+    records, metrics = run(task, samples, replies)
+    assert [records[i]["extracted"] for i in replies] == ["A", "B"]
+    assert metrics == {"overall": 0.5, "category/coarse perception": 1.0, "l2/image scene and topic": 1.0,
+                       "category/fine-grained perception": 0.0, "l2/object counting": 0.0}
+    assert task.score(first, [Output(k=0, seed=0, text="I cannot say.")])["extracted"] == "Z"
+
+
+def test_mmstar_option_split_keeps_letters_in_order():
+    assert split_question("Q?\nOptions: A: 1, B: 2") == ("Q?", {"A": "1", "B": "2"})
+    assert split_question("Q?\nOptions: A: x, C: y") is None  # B is missing
+    assert split_question("Q? Options: A: ratio 1:2, B: 3:4") == ("Q?", {"A": "ratio 1:2", "B": "3:4"})
 
 
 def test_without_data_dir_an_offline_hub_names_data_dir(monkeypatch, tmp_path):
