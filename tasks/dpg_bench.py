@@ -13,7 +13,9 @@ Data (TencentQQGYLab/ELLA, `dpg_bench/` at commit 3c228f1):
 Generation: the prompt as published, 4 images per prompt (`Sample.n = 4`), as the official
 README recommends and published tables use; nothing else is fixed.
 
-Scoring (`tasks/scorers/dpg_rules.py`, official quirks reproduced and listed there): the 4
+Scoring: the official `dpg_bench/compute_dpg_bench.py` (TencentQQGYLab/ELLA@3c228f1), its quirks
+reproduced and listed in `tasks/scorers/dpg_rules.py` (averages as `np.mean(...) * 100`, NaN
+overall when nothing scores, a question table it would crash on refused): the 4
 images (k = 0..3) are pasted into a 2×2 grid in the official crop order (top-left, top-right,
 bottom-left, bottom-right), each resized to `resolution` (default: the first image's width),
 and the grid is cut back into the 4 tiles with the official crop boxes, exactly the input the
@@ -23,7 +25,8 @@ scores 0; tile score = mean over questions; item score = mean over tiles. An ite
 script would fail on (a question whose parent is missing, or no questions for the id) is
 dropped from every average and counted in `dropped_items`. A missing image leaves its tile
 black (it is still asked, and counted in `missing_images`); a prompt with no image at all scores
-0 on every question (the official script would skip it; a failing model must not gain by it).
+0 on every question (the official script would skip it; a failing model must not gain by it) —
+a deliberate departure, as is the VQA model below.
 
 VQA model (`tasks/scorers/vqa.py`): the official mPLUG-large is not in transformers; the default
 is BLIP VQA (`Salesforce/blip-vqa-capfilt-large`); `vqa=` takes a hub id (BLIP), a judge config

@@ -5,14 +5,16 @@ answer, capability — a comma-separated subset of rec, ocr, know, gen, spat, ma
 revision unless `revision` is given; `--data-dir` may hold a local copy (see `tasks/hub_data.py`).
 The prompt is the question as published (the official inference scripts send it alone).
 
-Grading (`tasks/scorers/mm_vet_rules.py`) follows the official GPT-4 grader: the few-shot
+Grading (`tasks/scorers/mm_vet_rules.py`) follows the official GPT-4 grader
+(`mm-vet_evaluator.py`, rules compared at yuweihao/MM-Vet@acde843): the few-shot
 grading table with the answer's row appended, replies of up to 3 tokens, the score read as the
 text before the first space. Which judge grades is the caller's choice (`judge=`: a `Judge`, a
 `JudgeConfig` or its dict; else the UMM_JUDGE_* environment); published numbers used GPT-4
 (gpt-4-0613), so scores from other judges are comparable with each other, not with the paper.
 The judge id is in every record. `grader_prompt="official"` downloads the official evaluator
 script (pinned commit) and uses its own prompt; a path to that script (or to a text file) works
-offline; the default is this project's wording of the same rubric.
+offline; the default is this project's wording of the same rubric (a deliberate departure:
+published numbers used the official prompt, so pass `grader_prompt="official"` to match them).
 
 Unreadable judge replies (`official_retries`):
 - True (default, as published numbers were made): the official retry loop (4 more tries with a

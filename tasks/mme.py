@@ -5,9 +5,17 @@ category), its latest revision unless `revision` is given; `--data-dir` may hold
 (see `tasks/hub_data.py`). The prompt is the question as published, which already ends with
 "Please answer yes or no." (added when a row lacks it); chat templates are the adapter's job.
 
-Scoring is the official one (`tasks/scorers/mme_rules.py`, quirks listed there). acc+ pairs
-consecutive questions of a subtask in dataset order, as the official script pairs lines of its
-answer files; the corrected mode pairs questions that share an image instead.
+Scoring is the official one: `eval_tool/calculation.py` of the MME release
+(BradyFU/Awesome-Multimodal-Large-Language-Models, branch Evaluation, `tools/eval_tool.zip` at
+dd29509; rules and quirks in `tasks/scorers/mme_rules.py`). The reply is read unstripped, as
+the last field of an answer-file line; acc+ pairs consecutive questions of a subtask in dataset
+order, as the official script pairs lines of its answer files; a subtask scores
+`acc * 100 + acc_plus * 100`. The corrected mode (`corrected=True`, opt-in, tagged
+`umm.scoring_mode=corrected`, metrics under `mme/corrected/`) reads the first word of the
+stripped reply and pairs questions that share an image instead.
+Departures: a reply holding a tab or newline is one field here (it would break the official
+answer file); a subtask whose question count is odd is scored (the official script asserts); a
+totals line sums the subtasks present (the official script needs all 14 answer files).
 
 Metrics: `perception` (sum of the 10 perception subtask scores, max 2000), `cognition` (sum of
 the 4 cognition ones, max 800), and per subtask `<subtask>` (score, max 200), `<subtask>/acc`

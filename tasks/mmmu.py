@@ -12,12 +12,16 @@ stored as a list literal ("['24/7', '3.429']") is a list of accepted answers, as
 official answer file; so is a multiple-choice answer given as a list ("['A', 'C']"): as the
 official `eval_multi_choice` does, the prediction is right when it equals any member.
 
-Scoring: `tasks/scorers/mmmu_rules.py`. A multiple-choice reply with nothing parseable gets a
+Scoring: the official `mmmu/utils/eval_utils.py`, `main_eval_only.py` and
+`main_parse_and_eval.py` (MMMU-Benchmark/MMMU@bb0b95a), reproduced in
+`tasks/scorers/mmmu_rules.py`. A multiple-choice reply with nothing parseable gets a
 random option, as officially: one `random.Random(42)` per run, drawn in sample order, so each
 pick depends on how many fallbacks came before it. Since that order is only known across the
 whole run, `score()` marks such a record `fallback` and `aggregate()` draws the picks in sample
 order and writes them into the records (`extracted`, `correct`, `score`). The corrected mode
-draws each pick from a generator seeded by the sample id alone, in `score()`.
+(`corrected=True`, opt-in, tagged `umm.scoring_mode=corrected`, metrics under `mmmu/corrected/`)
+draws each pick from a generator seeded by the sample id alone, in `score()`, splits sentences
+on the original text and accepts only plain decimal numbers. No other departure.
 
 Metrics (fractions, micro-averaged as the official `calculate_ins_level_acc`): `overall`,
 `discipline/<name>` (e.g. `discipline/art_and_design`) and `subject/<Subject>`. A question
