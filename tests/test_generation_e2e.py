@@ -106,8 +106,9 @@ def _children(client: MlflowClient, parent_id: str) -> dict[str, Any]:
     return by_stage
 
 
-# The random judge's replies never parse: each is retried once, then counted as a failure and
-# left out of the scores (so WISE and UEval report failures but no score here).
+# The random judge's replies never parse: each is retried (WISE: asked 3 times, as officially),
+# then counted as a failure and left out of the scores (so WISE and UEval report failures but no
+# score here; WISE also counts the prompts left without a score).
 OFFICIAL_KEYS = {
     "geneval": {"overall", "single_object", "two_object", "counting", "colors", "position", "color_attr"},
     "dpg_bench": {"overall", "entity", "attribute", "relation", "global"},

@@ -444,3 +444,13 @@ def test_mathvista_metrics_by_type_and_skill():
         "skill/arithmetic_reasoning": 0.5, "skill/numeric_commonsense": 0.0, "skill/statistical_reasoning": 0.5,
         "extraction_unavailable": 1.0,
     }
+
+
+# ---------------------------------------------------------------- scoring modes
+
+
+@pytest.mark.parametrize("task_class", [MMETask, MMMUTask, MMBenchTask, MathVistaTask])
+def test_a_corrected_mode_is_opt_in_tagged_and_named_apart(task_class):
+    official, corrected = task_class(), task_class(corrected=True)
+    assert official.run_tags() == {"umm.scoring_mode": "official"} and official.metric_prefix == ""
+    assert corrected.run_tags() == {"umm.scoring_mode": "corrected"} and corrected.metric_prefix == "corrected/"
