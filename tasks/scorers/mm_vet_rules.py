@@ -20,7 +20,8 @@ Follows yuweihao/MM-Vet's `mm-vet_evaluator.py` (GPT-4 grader):
 - Totals: per capability, sum of scores / count × 100, rounded with numpy (`np.round`, half to
   even on the binary value ×10: 1.25 → 1.2, and 0.15 → 0.2 where Python's `round` gives 0.1).
 
-Rules checked against yuweihao/MM-Vet@acde843 `mm-vet_evaluator.py`. Departures: the grader
+Rules checked against yuweihao/MM-Vet@acde843 `mm-vet_evaluator.py` (unchanged since c7ff270,
+the commit `grader_prompt="official"` downloads). Departures: the grader
 prompt and the retry reminder are this project's words with the official structure (the
 official prompt is used with `grader_prompt="official"`; the reminder stays ours).
 """
