@@ -34,7 +34,6 @@ from tests.tiny_scorers import (
     scene_image,
 )
 from umm_harness.core.errors import ConfigError
-from umm_harness.core.errors import ConfigError
 
 CLASSNAMES = fetch_object_names(SHARED_DATA / "geneval")
 IDX = {name: i for i, name in enumerate(CLASSNAMES)}
