@@ -29,7 +29,7 @@ def reply(text: str | None) -> list[Output]:
     ("not sure", "no"), ("none", "no"), ("know", "no"),  # quirk: "no" anywhere in them
     ("I don't know", "other"), ("The answer is yes", "other"), ("", "other"),
     ("  yes", "other"), (" yes", "yes"), ("   no", "other"),  # never stripped: spaces use up the 4
-    ("no", "no"), ("Yes\n", "yes"),
+    ("no", "no"),
 ])
 def test_mme_reads_yes_no_from_the_first_four_characters(text, read):
     """Official `parse_pred_ans` on the line field `reply.lower() + "\n"` (eval_tool.zip of
