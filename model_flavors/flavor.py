@@ -10,10 +10,12 @@ A saved model holds:
 - `code/` with `umm_harness` and `model_flavors`, so the model loads in a process where this
   repository is not importable (e.g. `mlflow models serve` on another machine).
 
-pyfunc `predict` takes a DataFrame with columns `task`, `prompt` and `images` (a list of
-base64 images) and returns `text` and `images` (a list of base64 PNGs). Params (seed,
-guidance_scale, ...) apply to every row; row i uses seed + i so a batch of identical prompts
-gives distinct images.
+pyfunc `predict` takes a DataFrame with columns `task`, `prompt`, `images` (a list of base64
+images) and optionally `params` (a JSON object per row), and returns `text`, `images` (a list of
+base64 PNGs), `params` (the params the backbone used, as JSON) and `elapsed_s`. Request-level
+params (seed, guidance_scale, ...) apply to every row, row i using seed + i so a batch of
+identical prompts gives distinct images; a row's own `params` override them, its seed taken as
+given (this is how the harness keeps its per-sample seeds across `umm_harness.isolation`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -28,15 +31,15 @@ from typing import Any
 
 import mlflow
 import pandas as pd
-import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
 from pydantic import ValidationError
 
 import model_flavors
+from model_flavors import environment
 from model_flavors.registry import backbone_class
 from umm_harness import core
 from umm_harness.core.backbone import Backbone
@@ -51,8 +54,14 @@ SIGNATURE = ModelSignature(
         ColSpec("string", "task"),
         ColSpec("string", "prompt", required=False),
         ColSpec(Array("string"), "images", required=False),
+        ColSpec("string", "params", required=False),  # a JSON object: this row's params, seed as given
     ]),
-    outputs=Schema([ColSpec("string", "text", required=False), ColSpec(Array("string"), "images", required=False)]),
+    outputs=Schema([
+        ColSpec("string", "text", required=False),
+        ColSpec(Array("string"), "images", required=False),
+        ColSpec("string", "params", required=False),  # a JSON object: the params the backbone used
+        ColSpec("double", "elapsed_s", required=False),
+    ]),
     params=ParamSchema([
         ParamSpec("seed", "long", None),
         ParamSpec("guidance_scale", "double", None),
@@ -64,18 +73,10 @@ SIGNATURE = ModelSignature(
     ]),
 )
 
-# Written into each model so `mlflow models serve` without --env-manager local can rebuild it.
-_REQUIREMENTS = [
-    "torch==2.13.0",
-    f"mlflow=={mlflow.__version__}",
-    "transformers>=5.0,<6",
-    "tokenizers>=0.21",
-    "safetensors>=0.4",
-    "pydantic>=2.7,<3",
-    "pillow>=10",
-    "pandas>=2.1",
-    "pyyaml>=6",
-]
+# How `_load_pyfunc` loads the backbone; MLflow lets a loader override only keys logged here
+# (`mlflow.pyfunc.load_model(model_config=...)`, `SERVING_MODEL_CONFIG` for a scoring server).
+# threads 0: torch's default.
+LOAD_CONFIG: dict[str, Any] = {"device": "cpu", "threads": 0, "attn_implementation": "auto", "compile": False}
 
 
 def folder_digest(folder: Path) -> str:
@@ -119,18 +120,15 @@ def save_model(
     else:
         digest = reference_digest(backbone.info.source, backbone.info.revision)
     _copy_code(path / _CODE_DIR)
-
-    (path / "requirements.txt").write_text("\n".join([*_REQUIREMENTS, *backbone.pip_requirements]) + "\n")
-    python_version = ".".join(map(str, sys.version_info[:3]))
-    env = {"python": python_version, "build_dependencies": ["pip"], "dependencies": ["-r requirements.txt"]}
-    (path / "python_env.yaml").write_text(yaml.safe_dump(env, sort_keys=False))
+    upstream = environment.bundle_upstream(backbone, path / _CODE_DIR)
+    env_files = environment.write_environment(path, type(backbone))
 
     mlflow_model.signature = SIGNATURE
     if metadata:
         mlflow_model.metadata = {**(mlflow_model.metadata or {}), **metadata}
-    mlflow.pyfunc.add_to_model(
-        mlflow_model, loader_module="model_flavors.flavor", code=_CODE_DIR, python_env="python_env.yaml"
-    )
+    mlflow.pyfunc.add_to_model(mlflow_model, loader_module="model_flavors.flavor", code=_CODE_DIR,
+                               python_env=env_files["virtualenv"], conda_env=env_files["conda"],
+                               model_config=dict(LOAD_CONFIG))
     mlflow_model.add_flavor(
         FLAVOR_NAME,
         backbone=backbone.key,
@@ -143,6 +141,8 @@ def save_model(
         weights_digest=digest,
         harness_version=core.__version__,
         code=_CODE_DIR,
+        env_manager=type(backbone).env_manager,
+        upstream=upstream,
     )
     mlflow_model.save(path / "MLmodel")
 
@@ -178,9 +178,11 @@ def load_local(local_path: Path, device: str = "cpu", attn_implementation: str =
     conf = flavor_conf(local_path)
     cls = backbone_class(conf["backbone"])
     source = str(local_path / conf["weights"]) if conf.get("weights") else conf["source"]
+    options = cls.acceleration_options(attn_implementation, compile)
+    if conf.get("upstream"):  # the checkout bundled as code, never one on this machine
+        options["repo_path"] = str(local_path / conf.get("code", _CODE_DIR) / conf["upstream"]["path"])
     return cls.load(source, revision=None if conf.get("weights") else conf.get("revision"),
-                    dtype=conf.get("dtype", "float32"), device=device,
-                    **cls.acceleration_options(attn_implementation, compile))
+                    dtype=conf.get("dtype", "float32"), device=device, **options)
 
 
 def load_model(model_uri: str, dst_path: str | None = None, device: str = "cpu", attn_implementation: str = "auto",
@@ -218,16 +220,14 @@ class UmmPyfuncModel:
             raise _invalid(f"params: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
         requests = []
         for row_index, row in enumerate(frame.to_dict("records")):
-            images = row.get("images")
-            images = [] if images is None or (isinstance(images, float) and pd.isna(images)) else list(images)
-            images = [_base64_bytes(value, row_index, index) for index, value in enumerate(images)]
-            prompt = row.get("prompt")
-            prompt = None if prompt is None or (isinstance(prompt, float) and pd.isna(prompt)) else prompt
-            seed = None if base.seed is None else base.seed + row_index
+            images = [_base64_bytes(value, row_index, index)
+                      for index, value in enumerate(_present(row.get("images")) or [])]
+            prompt = _present(row.get("prompt"))
+            params = base.model_copy(update={"seed": None if base.seed is None else base.seed + row_index})
+            if (own := _present(row.get("params"))) is not None:
+                params = _row_params(own, row_index).merged_over(params)
             try:
-                request = InferenceRequest(
-                    task=row["task"], prompt=prompt, images=images, params=base.model_copy(update={"seed": seed})
-                )
+                request = InferenceRequest(task=row["task"], prompt=prompt, images=images, params=params)
             except ValidationError as exc:
                 error = exc.errors()[0]
                 field = ".".join(str(part) for part in error["loc"])
@@ -249,10 +249,40 @@ class UmmPyfuncModel:
         outputs: list[dict[str, Any]] = [{} for _ in requests]
         for task in dict.fromkeys(r.task for r in requests):
             indices = [i for i, r in enumerate(requests) if r.task == task]
-            for i, result in zip(indices, self.backbone.run([requests[i] for i in indices])):
-                outputs[i] = {"text": result.text, "images": [encode_png(img) for img in result.images]}
-        return pd.DataFrame(outputs, columns=["text", "images"])
+            try:
+                results = self.backbone.run([requests[i] for i in indices])
+            except Exception as exc:  # noqa: BLE001 - a served model answers with what went wrong, not a generic 400
+                code = INVALID_PARAMETER_VALUE if isinstance(exc, ValueError) else INTERNAL_ERROR
+                raise MlflowException(f"{self.backbone.key} {task}: {type(exc).__name__}: {exc}",
+                                      error_code=code) from exc
+            for i, result in zip(indices, results):
+                outputs[i] = {"text": result.text, "images": [encode_png(img) for img in result.images],
+                              "params": result.params.model_dump_json(exclude_none=True),
+                              "elapsed_s": result.elapsed_s}
+        return pd.DataFrame(outputs, columns=["text", "images", "params", "elapsed_s"])
 
 
-def _load_pyfunc(path: str) -> UmmPyfuncModel:
-    return UmmPyfuncModel(load_local(Path(path)))
+def _present(value: Any) -> Any:
+    """None for a cell the client left empty (pandas fills missing cells with NaN)."""
+    return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+
+def _row_params(value: Any, row_index: int) -> InferenceParams:
+    try:
+        return InferenceParams.model_validate_json(value) if isinstance(value, str) else InferenceParams(**value)
+    except (ValidationError, TypeError) as exc:
+        detail = exc.errors()[0] if isinstance(exc, ValidationError) else None
+        where = f".{detail['loc'][0]}" if detail and detail["loc"] else ""
+        raise _invalid(f"row {row_index}: params{where}: {detail['msg'] if detail else exc}") from None
+
+
+def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> UmmPyfuncModel:
+    """`model_config` (MLflow's, e.g. `SERVING_MODEL_CONFIG` for a scoring server): `device`,
+    `threads` (torch CPU threads), `attn_implementation`, `compile`."""
+    config = {**LOAD_CONFIG, **(model_config or {})}
+    if config["threads"]:
+        import torch
+
+        torch.set_num_threads(int(config["threads"]))
+    return UmmPyfuncModel(load_local(Path(path), device=config["device"],
+                                     attn_implementation=config["attn_implementation"], compile=bool(config["compile"])))

@@ -71,6 +71,8 @@ def _params(values: dict[str, Any]) -> dict[str, Any]:
               help="Attention kernel (transformers backbones); auto: flash_attention_2 where it runs, else sdpa.")
 @click.option("--compile/--no-compile", default=None, help="torch.compile the language model's forward.")
 @click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--env-manager", type=click.Choice(["local", "uv", "virtualenv"]),
+              help="Run the model here (local) or in its own MLflow-built environment (default: the model's).")
 @click.option("--experiment", help="MLflow experiment (ignored under `mlflow run`).")
 @click.option("--register-as", help="Registered model name for a model that is not registered yet.")
 @click.option("--stage", type=click.Choice(["all", "generate", "score"]), help="Two-stage benchmarks: one stage only.")
@@ -143,9 +145,11 @@ def _without_launch_options(args: list[str]) -> list[str]:
 @click.option("--max-new-tokens", type=int)
 @click.option("--out", type=click.Path(path_type=Path), help="Where to write a generated image (PNG).")
 @click.option("--track", is_flag=True, help="Also record this call as an MLflow run.")
+@click.option("--env-manager", type=click.Choice(["local", "uv", "virtualenv"]),
+              help="Run the model here (local) or in its own MLflow-built environment (default: the model's).")
 def infer_command(model: str, backbone: str | None, task_kind: str, prompt: str | None, images: tuple[Path, ...],
                   seed: int, guidance_scale: float | None, max_new_tokens: int | None, out: Path | None,
-                  track: bool) -> None:
+                  track: bool, env_manager: str | None) -> None:
     """One request, no benchmark: print the answer or write the image."""
     from pydantic import ValidationError
 
@@ -161,7 +165,7 @@ def infer_command(model: str, backbone: str | None, task_kind: str, prompt: str 
         request = InferenceRequest(task=task_kind, prompt=prompt, images=[str(p) for p in images], params=params)
     except ValidationError as exc:
         raise ConfigError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
-    result = infer(model, request, backbone=backbone, track=track)
+    result = infer(model, request, backbone=backbone, track=track, env_manager=env_manager)
     if result.text is not None:
         click.echo(result.text)
     for index, image in enumerate(result.images):

@@ -57,6 +57,9 @@ class EvalRecipe(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     executor: Literal["local", "ray"] = "local"  # ray: generation on a Ray Data actor pool (`ray:` block)
     ray: RaySettings = Field(default_factory=RaySettings)
+    # Where the model runs: "local" in this process; "uv" / "virtualenv" in its own environment,
+    # built by MLflow (umm_harness.isolation); None: the model's declared default.
+    env_manager: Literal["local", "uv", "virtualenv"] | None = None
     experiment: str = "umm-eval"
     register_as: str | None = None  # registered model name for a model that is not registered yet
     stage: Literal["all", "generate", "score"] = "all"  # generate → score, or both in one go

@@ -70,7 +70,8 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
         return _score_logged_outputs(recipe, tasks, samples) if ranks.is_main else None
     model = resolve_model(recipe.model, backbone=recipe.backbone, revision=recipe.revision, dtype=recipe.dtype,
                           device=recipe.device, register_as=recipe.register_as, options=recipe.backbone_options,
-                          attn_implementation=recipe.attn_implementation, compile=recipe.compile, lazy=True)
+                          attn_implementation=recipe.attn_implementation, compile=recipe.compile, lazy=True,
+                          env_manager=recipe.env_manager)
     caches = {task.name: _cache(task, model, recipe, ranks) for task in tasks}
     if recipe.executor == "ray" and ranks.world_size > 1:
         raise ConfigError("--executor ray spreads the work over Ray actors: use it without torchrun ranks")
@@ -89,6 +90,7 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
         "umm.limit": str(recipe.limit or "all"),
         "umm.stage": recipe.stage,
         "umm.ranks": str(ranks.world_size),
+        "umm.env_manager": model.env_manager,
         "umm.capabilities": ",".join(sorted(model.backbone.capabilities)),
         **({"umm.attn_implementation": model.backbone.attn_implementation} if model.backbone.attn_implementation else {}),
         **({"umm.trust_remote_code": "true"} if recipe.backbone_options.get("trust_remote_code") else {}),

@@ -10,8 +10,8 @@ from umm_harness.tracking import log_batch
 
 
 def infer(reference: str, request: InferenceRequest, *, backbone: str | None = None,
-          track: bool = False) -> InferenceResult:
-    model = resolve_model(reference, backbone=backbone)
+          track: bool = False, env_manager: str | None = None) -> InferenceResult:
+    model = resolve_model(reference, backbone=backbone, env_manager=env_manager)
     model.backbone.check_supports(request.task)
     result = model.backbone.run([request])[0]
     if track:
@@ -19,7 +19,8 @@ def infer(reference: str, request: InferenceRequest, *, backbone: str | None = N
         with mlflow.start_run(run_name=f"infer {request.task}"):
             log_batch(params={"model": reference, "task": request.task, "prompt": (request.prompt or "")[:500],
                               **{f"params.{k}": str(v) for k, v in result.params.model_dump(exclude_none=True).items()}},
-                      tags={"umm.backbone": model.backbone.key, "umm.stage": "infer"},
+                      tags={"umm.backbone": model.backbone.key, "umm.stage": "infer",
+                            "umm.env_manager": env_manager or "default"},
                       metrics={"elapsed_s": result.elapsed_s})
             if result.text is not None:
                 mlflow.log_text(result.text, "output.txt")

@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from model_flavors import flavor
 from model_flavors.registry import MARKER_FILES, backbone_class, infer_backbone, tiny_builder
+from umm_harness import isolation
 from umm_harness.core.acceleration import select_attn_implementation
 from umm_harness.core.backbone import Backbone, LazyBackbone
 from umm_harness.core.home import umm_home
@@ -42,6 +43,7 @@ class ResolvedModel:
     copy_weights: bool  # False for hub models: the flavor records them by reference
     registered_name: str  # the registered model this evaluates (or will be registered as)
     version: str | None = None  # set when the reference already is a registered version
+    env_manager: str = "local"  # where the model runs: this process, or its own environment (uv, virtualenv)
 
 
 def resolve_registered(reference: str) -> tuple[str, str, dict[str, str]]:
@@ -70,14 +72,35 @@ def _adapter(cls: type[Backbone], load: Callable[..., Backbone], *, lazy: bool, 
     return LazyBackbone(cls, partial(load, **options), attention, bool(options.get("compile")))
 
 
-def _registered(reference: str, dtype: str, device: str, acceleration: dict[str, Any], lazy: bool) -> ResolvedModel:
+def _served(uri: str, conf: dict[str, Any], env_manager: str, device: str,
+            acceleration: dict[str, Any]) -> LazyBackbone:
+    """The model at `uri` in its own environment (`umm_harness.isolation`), started on first use."""
+    cls = backbone_class(conf["backbone"])
+    cls.acceleration_options(**acceleration)  # an impossible choice fails now, as in-process
+    start = partial(isolation.serve_backbone, uri, env_manager, conf, device=device,
+                    model_config={k: v for k, v in acceleration.items() if v not in ("auto", False)})
+    backbone = LazyBackbone(cls, start, None, bool(acceleration.get("compile")))
+    backbone.capabilities = frozenset(conf["capabilities"])
+    return backbone
+
+
+def _env_manager(requested: str | None, conf: dict[str, Any]) -> str:
+    """The user's choice, else what the model was logged with, else its backbone's default."""
+    return requested or conf.get("env_manager") or backbone_class(conf["backbone"]).env_manager
+
+
+def _registered(reference: str, dtype: str, device: str, acceleration: dict[str, Any], lazy: bool,
+                env_manager: str | None) -> ResolvedModel:
     name, version, tags = resolve_registered(reference)
     uri = f"models:/{name}/{version}"
     conf = flavor.flavor_conf(Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{uri}/MLmodel")).parent)
-    backbone = _adapter(backbone_class(conf["backbone"]), partial(flavor.load_model, uri, device=device), lazy=lazy,
-                        dtype=conf.get("dtype", dtype), device=device, acceleration=acceleration)
+    if (manager := _env_manager(env_manager, conf)) != "local":
+        backbone = _served(uri, conf, manager, device, acceleration)
+    else:
+        backbone = _adapter(backbone_class(conf["backbone"]), partial(flavor.load_model, uri, device=device),
+                            lazy=lazy, dtype=conf.get("dtype", dtype), device=device, acceleration=acceleration)
     digest = tags.get("umm.weights_digest") or conf["weights_digest"]
-    return ResolvedModel(backbone, reference, digest, True, name, version)
+    return ResolvedModel(backbone, reference, digest, True, name, version, env_manager=manager)
 
 
 def _tiny(name: str, dtype: str, device: str, acceleration: dict[str, Any], lazy: bool) -> ResolvedModel:
@@ -103,28 +126,39 @@ def resolve_model(
     attn_implementation: str = "auto",
     compile: bool = False,
     lazy: bool = False,
+    env_manager: str | None = None,
 ) -> ResolvedModel:
     """The model behind `reference`; bad references raise `ConfigError` before loading.
 
     `options` go to the adapter's `load` (e.g. BAGEL's `repo_path`) for checkpoints it loads itself;
     `attn_implementation` and `compile` to every transformers-based adapter (`umm_harness.core.acceleration`).
     `lazy`: the weights load on first use (`LazyBackbone`), where the backbone's class allows it.
+    `env_manager`: "local" loads the model in this process; "uv" / "virtualenv" run a logged model
+    (`models:/…` or an MLflow model folder) in its own environment; None: the model's declared default.
     """
     options = options or {}
+    if env_manager not in (None, "local") and not (
+            reference.startswith("models:/") or (Path(reference).expanduser() / "MLmodel").is_file()):
+        raise ConfigError(f"--env-manager {env_manager} runs a logged model (models:/… or an MLflow model folder), "
+                          f"and '{reference}' is not one: evaluate it once with --env-manager local (that registers "
+                          "it), or log it with model_flavors.flavor.log_model")
     acceleration = {"attn_implementation": attn_implementation, "compile": compile}
     adapter = partial(_adapter, lazy=lazy, dtype=dtype, device=device, acceleration=acceleration)
     if reference.startswith("models:/"):
-        resolved = _registered(reference, dtype, device, acceleration, lazy)
+        resolved = _registered(reference, dtype, device, acceleration, lazy, env_manager)
     elif reference.startswith("tiny:"):
         resolved = _tiny(reference.removeprefix("tiny:"), dtype, device, acceleration, lazy)
     elif Path(reference).expanduser().exists():
         folder = Path(reference).expanduser().resolve()
         if (folder / "MLmodel").is_file():
             conf = flavor.flavor_conf(folder)
-            loaded = _adapter(backbone_class(conf["backbone"]), partial(flavor.load_local, folder, device=device),
-                              lazy=lazy, dtype=conf.get("dtype", dtype), device=device, acceleration=acceleration)
+            if (manager := _env_manager(env_manager, conf)) != "local":
+                loaded = _served(str(folder), conf, manager, device, acceleration)
+            else:
+                loaded = _adapter(backbone_class(conf["backbone"]), partial(flavor.load_local, folder, device=device),
+                                  lazy=lazy, dtype=conf.get("dtype", dtype), device=device, acceleration=acceleration)
             digest = flavor.folder_digest(folder / "weights") if (folder / "weights").is_dir() else folder.name
-            resolved = ResolvedModel(loaded, reference, digest, True, folder.name.lower())
+            resolved = ResolvedModel(loaded, reference, digest, True, folder.name.lower(), env_manager=manager)
         else:
             cls = backbone_class(backbone or infer_backbone(str(folder)))
             loaded = adapter(cls, partial(cls.load, str(folder), dtype=dtype, device=device, **options))

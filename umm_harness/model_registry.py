@@ -40,7 +40,11 @@ def ensure_registered(model: ResolvedModel, extra_tags: dict[str, str] | None = 
         log.info("reusing %s version %s (same weights)", model.registered_name, existing.version)
         model.version = str(existing.version)
         return model.version
-    info = flavor.log_model(model.backbone, name="model", copy_weights=model.copy_weights)
+    if model.env_manager == "local":
+        model_uri = flavor.log_model(model.backbone, name="model", copy_weights=model.copy_weights).model_uri
+    else:  # an MLflow model folder served in its own environment: logged as it is, code and environment included
+        mlflow.log_artifacts(model.reference, "model")
+        model_uri = f"runs:/{mlflow.active_run().info.run_id}/model"
     tags = {
         DIGEST_TAG: model.digest,
         "umm.backbone": model.backbone.key,
@@ -49,7 +53,7 @@ def ensure_registered(model: ResolvedModel, extra_tags: dict[str, str] | None = 
     }
     # The digest tag is created with the version, so a concurrent evaluation of the same weights
     # sees it; if one registered them first anyway, keep the lowest version and drop ours.
-    version = str(mlflow.register_model(info.model_uri, model.registered_name, tags=tags).version)
+    version = str(mlflow.register_model(model_uri, model.registered_name, tags=tags).version)
     first = find_version(model.registered_name, model.digest)
     if first is not None and str(first.version) != version:
         MlflowClient().delete_model_version(model.registered_name, version)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from umm_harness.core.acceleration import ATTN_IMPLEMENTATIONS
 from umm_harness.core.errors import ConfigError
@@ -40,6 +40,19 @@ class UnsupportedTask(Exception):
         self.backbone, self.task = backbone, task
 
 
+EnvManager = Literal["local", "uv", "virtualenv"]
+
+
+class Upstream(BaseModel):
+    """The authors' repository an upstream backbone runs on, at the commit its adapter was written
+    against. A logged model bundles the checkout (`repo_path`) as code, so it is self-contained."""
+
+    model_config = ConfigDict(frozen=True)
+
+    repo: str  # e.g. https://github.com/ByteDance-Seed/Bagel
+    commit: str  # 12+ hex digits; a checkout at another commit is refused when the model is logged
+
+
 class ModelInfo(BaseModel):
     """What the flavor records about where the weights came from."""
 
@@ -57,7 +70,13 @@ class Backbone(ABC):
     requires: ClassVar[tuple[str, ...]] = ("transformers>=5.0",)
     hub_ids: ClassVar[tuple[str, ...]] = ()
     notes: ClassVar[str] = ""
-    pip_requirements: ClassVar[tuple[str, ...]] = ()  # beyond the flavor's base requirements
+    # The environment a logged model records (see `model_flavors.environment`): pip requirement
+    # strings beside the flavor's base (mlflow, torch, transformers, ...); a pin here replaces the
+    # base's pin of the same package. `upstream`: the repository an upstream route runs on.
+    # `env_manager`: where `umm eval|infer` run the model by default ("local": in the harness process).
+    pip_requirements: ClassVar[tuple[str, ...]] = ()
+    upstream: ClassVar[Upstream | None] = None
+    env_manager: ClassVar[EnvManager] = "local"
     # True when `load()` takes `attn_implementation` and `compile` (umm_harness.core.acceleration).
     tunable_attention: ClassVar[bool] = False
     # True when an instance can do less than its class says (what it can do is known once loaded).
@@ -66,11 +85,13 @@ class Backbone(ABC):
     info: ModelInfo
     attn_implementation: str | None = None  # the kernel this instance runs (None: not ours to choose)
     compiled: bool = False  # language model forward under torch.compile
+    repo_path: Path | None = None  # the upstream checkout this instance runs on (upstream routes)
 
     @classmethod
     def describe(cls) -> dict[str, object]:
         return {"key": cls.key, "capabilities": sorted(cls.capabilities), "route": cls.route,
                 "requires": list(cls.requires), "hub_ids": list(cls.hub_ids), "notes": cls.notes,
+                "env_manager": cls.env_manager,
                 "attn_implementations": list(ATTN_IMPLEMENTATIONS) if cls.tunable_attention else []}
 
     @classmethod

@@ -1,0 +1,122 @@
+"""What running a model in its own environment costs, on the tiny Janus-Pro.
+
+The isolated route (`--env-manager uv`: `mlflow models serve` in an environment MLflow builds,
+the harness's `ServedBackbone` posting one request per batch over 127.0.0.1) against the same
+adapter called in this process, on identical batches with per-sample seeds, alternating the two so
+machine noise hits both alike. Also: the first start of the model (MLflow builds the environment:
+uv creates it and installs the model's requirements, from uv's wheel cache as it is on this machine)
+and a second start (the environment is found by its hash and reused).
+Printed as `name value` lines and logged to the MLflow experiment `umm-benchmarks`.
+
+    python benchmarks/bench_isolation.py [--batches 8] [--batch-size 16] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_harness import REPO, device_name  # noqa: E402
+from model_flavors import flavor  # noqa: E402
+from model_flavors.janus import JanusPro, build_tiny  # noqa: E402
+from tasks.shapes import ShapesTask  # noqa: E402
+from umm_harness import isolation  # noqa: E402
+from umm_harness.core.requests import InferenceParams, InferenceRequest  # noqa: E402
+from umm_harness.runner import request_for  # noqa: E402
+
+
+def batches(kind: str, batch_size: int, count: int) -> list[list[InferenceRequest]]:
+    """`count` batches of shapes requests of one kind, each sample with its own seed (as the runner makes them)."""
+    total = batch_size * count
+    samples = [s for s in ShapesTask(num_understanding=total, num_generation=total).samples()
+               if s.request.task == kind][:total]
+    requests = [request_for(sample, 0, 0, InferenceParams()) for sample in samples]
+    return [requests[i : i + batch_size] for i in range(0, len(requests), batch_size)]
+
+
+def same_outputs(a, b) -> bool:
+    return all(x.text == y.text and [i.tobytes() for i in x.images] == [i.tobytes() for i in y.images]
+               for x, y in zip(a, b, strict=True))
+
+
+def per_batch(local: JanusPro, served: isolation.ServedBackbone, work: list[list[InferenceRequest]]):
+    """Median seconds per batch in process and through the server (alternating), and whether they agree."""
+    local.run(work[0]), served.run(work[0])  # warm-up of both
+    local_s, served_s, agree = [], [], True
+    for index, batch in enumerate(work):
+        order = [(local, local_s), (served, served_s)]
+        outputs = []
+        for backbone, times in order if index % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            outputs.append(backbone.run(batch))
+            times.append(time.perf_counter() - start)
+        agree &= same_outputs(*outputs)
+    return statistics.median(local_s), statistics.median(served_s), agree
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per task kind")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the served model")
+    parser.add_argument("--env-manager", default="uv", choices=["uv", "virtualenv"])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    figures: dict[str, float] = {}
+    results_store = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / 'mlflow.db'}")
+
+    with tempfile.TemporaryDirectory(prefix="bench-isolation-") as tmp:
+        work_dir = Path(tmp)
+        build_tiny(work_dir / "tiny", seed=0)
+        local = JanusPro.load(str(work_dir / "tiny"))
+        model_dir = work_dir / "model"
+        flavor.save_model(local, model_dir)
+        conf = flavor.flavor_conf(model_dir)
+        # An empty environment root: the first start builds the environment, the second reuses it.
+        os.environ["MLFLOW_ENV_ROOT"] = str(work_dir / "envs")
+
+        start = time.perf_counter()
+        served = isolation.serve_backbone(str(model_dir), args.env_manager, conf)
+        figures["env_build_start_s"] = time.perf_counter() - start
+        assert served.server.built, f"expected a fresh build in {work_dir / 'envs'} (log: {served.server.log_path})"
+        try:
+            for kind in ("understanding", "generation"):
+                local_s, served_s, agree = per_batch(local, served, batches(kind, args.batch_size, args.batches))
+                figures[f"{kind}_local_batch_s"] = local_s
+                figures[f"{kind}_isolated_batch_s"] = served_s
+                figures[f"{kind}_cost_ratio"] = served_s / local_s
+                figures[f"{kind}_identical"] = float(agree)
+        finally:
+            served.close()
+
+        start = time.perf_counter()
+        again = isolation.serve_backbone(str(model_dir), args.env_manager, conf)
+        figures["env_reuse_start_s"] = time.perf_counter() - start
+        figures["env_reused"] = float(not again.server.built)
+        again.close()
+
+    os.environ.pop("MLFLOW_ENV_ROOT")
+    os.chdir(REPO)
+    mlflow.set_tracking_uri(results_store)
+    mlflow.set_experiment("umm-benchmarks")
+    with mlflow.start_run(run_name="bench_isolation"):
+        mlflow.set_tags({"device": device_name(), "env_manager": args.env_manager,
+                         "batch_size": str(args.batch_size), "threads": str(args.threads)})
+        mlflow.log_metrics(figures)
+    print(f"device {device_name()} ({args.env_manager}, batches of {args.batch_size})")
+    for name, value in figures.items():
+        print(f"{name} {value:.4g}")
+
+
+if __name__ == "__main__":
+    main()
