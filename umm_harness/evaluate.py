@@ -72,6 +72,14 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
                           device=recipe.device, register_as=recipe.register_as, options=recipe.backbone_options,
                           attn_implementation=recipe.attn_implementation, compile=recipe.compile, lazy=True,
                           env_manager=recipe.env_manager)
+    try:
+        return _evaluate_model(recipe, model, tasks, samples, ranks)
+    finally:
+        model.close()  # a model served in its own environment stops with the evaluation
+
+
+def _evaluate_model(recipe: EvalRecipe, model: ResolvedModel, tasks: list[Task], samples: dict[str, list[Sample]],
+                    ranks: Ranks) -> EvalSummary | None:
     caches = {task.name: _cache(task, model, recipe, ranks) for task in tasks}
     if recipe.executor == "ray" and ranks.world_size > 1:
         raise ConfigError("--executor ray spreads the work over Ray actors: use it without torchrun ranks")

@@ -13,7 +13,10 @@ def infer(reference: str, request: InferenceRequest, *, backbone: str | None = N
           track: bool = False, env_manager: str | None = None) -> InferenceResult:
     model = resolve_model(reference, backbone=backbone, env_manager=env_manager)
     model.backbone.check_supports(request.task)
-    result = model.backbone.run([request])[0]
+    try:
+        result = model.backbone.run([request])[0]
+    finally:
+        model.close()
     if track:
         mlflow.set_experiment("umm-infer")
         with mlflow.start_run(run_name=f"infer {request.task}"):

@@ -45,6 +45,11 @@ class ResolvedModel:
     version: str | None = None  # set when the reference already is a registered version
     env_manager: str = "local"  # where the model runs: this process, or its own environment (uv, virtualenv)
 
+    def close(self) -> None:
+        """Stop the model's server when it runs in its own environment (nothing to do in-process)."""
+        if isinstance(self.backbone, LazyBackbone):
+            self.backbone.close()
+
 
 def resolve_registered(reference: str) -> tuple[str, str, dict[str, str]]:
     """(name, version, version tags) of a `models:/` reference, without loading anything."""

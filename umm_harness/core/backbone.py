@@ -159,5 +159,11 @@ class LazyBackbone:
             self._loaded = self._load()
         return self._loaded
 
+    def close(self) -> None:
+        """Release what loading started, where the adapter has something to release (a served
+        model's server process); an adapter never loaded has nothing to release."""
+        if self._loaded is not None and hasattr(self._loaded, "close"):
+            self._loaded.close()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loaded(), name)
