@@ -9,8 +9,9 @@ Contract for backbone adapters (class attributes on a `Backbone` subclass):
   wheel on machines without a GPU), PyPI releases, no torchvision beside that torch.
 - `upstream`: `Upstream(repo=<url>, commit=<sha>)` for routes that run the authors' code. The
   instance returned by `load(..., repo_path=...)` sets `self.repo_path` to the checkout it
-  imported; `save_model` copies that checkout into the model's `code/upstream/` (refusing a
-  checkout at another commit), and loading the logged model calls `load(..., repo_path=<model>/code/upstream)`.
+  imported (an instance that runs without it, e.g. behind an engine, leaves it None);
+  `save_model` copies that checkout into the model's `code/upstream/` (refusing a checkout at
+  another commit), and loading the logged model calls `load(..., repo_path=<model>/code/upstream)`.
 - `env_manager`: where `umm eval|infer` run the model when the user does not say: `"local"` (in the
   harness's process; the default, for backbones whose needs fit the harness's) or `"uv"` /
   `"virtualenv"` (a scoring server in the model's own environment, built by MLflow).
@@ -94,14 +95,13 @@ def checkout_commit(repo_path: Path) -> str | None:
 
 def bundle_upstream(backbone: Backbone, code_dir: Path) -> dict[str, str] | None:
     """Copy the checkout `backbone` runs on into `code_dir/upstream`; the flavor's record of it."""
-    pinned = type(backbone).upstream
-    if pinned is None:
+    pinned, repo_path = type(backbone).upstream, getattr(backbone, "repo_path", None)
+    if pinned is None or repo_path is None:  # not an upstream route, or this instance runs without the code
         return None
-    repo_path = getattr(backbone, "repo_path", None)
-    if repo_path is None or not Path(repo_path).is_dir():
-        raise ConfigError(f"backbone '{backbone.key}' runs on {pinned.repo} but this instance names no checkout "
-                          f"(repo_path: {repo_path}); load it with repo_path=<a checkout at {pinned.commit[:12]}>")
     repo_path = Path(repo_path)
+    if not repo_path.is_dir():
+        raise ConfigError(f"backbone '{backbone.key}': its upstream checkout {repo_path} is not a folder; load it "
+                          f"with repo_path=<a checkout of {pinned.repo} at {pinned.commit[:12]}>")
     commit = checkout_commit(repo_path)
     if commit is None:
         log.warning("%s: cannot tell its commit (no .git, no %s); recording the pinned %s",

@@ -42,7 +42,7 @@ import model_flavors
 from model_flavors import environment
 from model_flavors.registry import backbone_class
 from umm_harness import core
-from umm_harness.core.backbone import Backbone
+from umm_harness.core.backbone import Backbone, LazyBackbone
 from umm_harness.core.requests import InferenceParams, InferenceRequest, encode_png
 
 FLAVOR_NAME = "umm"
@@ -108,6 +108,8 @@ def save_model(
     metadata: dict[str, Any] | None = None,
 ) -> None:
     """Write `backbone` as an MLflow model folder at `path` (which must not exist or be empty)."""
+    if isinstance(backbone, LazyBackbone):  # its class (environment, upstream) and weights are the loaded adapter's
+        backbone = backbone.loaded()
     path = Path(path)
     if path.exists() and any(path.iterdir()):
         raise MlflowException(f"Path '{path}' already exists and is not empty")

@@ -93,7 +93,7 @@ class ModelServer:
     environment: str | None = None  # the environment folder MLflow used
     built: bool = False  # True when this start built the environment (False: reused)
     startup_s: float = 0.0
-    _tail: deque = field(default_factory=lambda: deque(maxlen=40))
+    _tail: deque = field(default_factory=lambda: deque(maxlen=200))
     _session: requests.Session = field(default_factory=requests.Session)
 
     @classmethod
@@ -169,9 +169,13 @@ class ModelServer:
             time.sleep(0.3)
 
     def _last_lines(self, count: int = 6) -> str:
-        lines = [line for line in self._tail if line.strip()]
-        errors = [line for line in lines if re.search(r"error|exception|failed|No solution", line, re.I)]
-        return " | ".join((errors or lines)[-count:]) or "(no output)"
+        """What went wrong, from the server's output: the installer's own error lines (uv, pip), else
+        the last Python exception that is not MLflow's wrapper around them, else the last lines."""
+        lines = [line.strip() for line in self._tail if line.strip()]
+        installer = [line for line in lines if re.match(r"(error:|ERROR:|×|╰─▶|help:)", line)]
+        raised = [line for line in lines if re.match(r"[\w.]+(Error|Exception): ", line)
+                  and "ShellCommandException" not in line]
+        return " | ".join((installer or raised[-1:] or lines)[-count:]) or "(no output)"
 
     def predict(self, frame: dict[str, Any], what: str) -> list[dict[str, Any]]:
         """POST one batch (`dataframe_split`); the rows' predictions, or `ServedModelError`."""
@@ -258,3 +262,9 @@ def serve_backbone(uri: str, env_manager: str, conf: dict[str, Any], *, device: 
     info = ModelInfo(backbone=conf["backbone"], source=conf.get("base_model") or uri,
                      revision=conf.get("revision"), dtype=conf.get("dtype", "float32"))
     return ServedBackbone(server, conf["backbone"], frozenset(conf["capabilities"]), info)
+
+
+if __name__ == "__main__":  # eval "$(python -m umm_harness.isolation)" before `mlflow models serve --env-manager uv`
+    import shlex
+
+    print("\n".join(f"export {name}={shlex.quote(value)}" for name, value in pip_sources_for_uv().items()))
