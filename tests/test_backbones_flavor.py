@@ -243,5 +243,7 @@ def test_describe_fields_for_models_list():
 
     for cls in (Emu3, DiffusersBackbone, Bagel):
         info = cls.describe()
-        assert set(info) == {"key", "capabilities", "route", "requires", "hub_ids", "notes", "attn_implementations"}, cls
+        assert set(info) == {"key", "capabilities", "route", "requires", "hub_ids", "notes", "attn_implementations",
+                             "env_manager"}, cls
+        assert info["env_manager"] == "local", cls
         assert info["key"] == cls.key and info["capabilities"] == sorted(cls.capabilities)

@@ -50,6 +50,7 @@ REQUEST_TIMEOUT_S = 24 * 3600
 # MLflow's own lines that say whether the environment was built now or found.
 _BUILT = re.compile(r"Creating a new environment in (\S+)")
 _REUSED = re.compile(r"Environment (\S+) already exists")
+_SERVING = re.compile(r"Running command .*exec uvicorn")  # the environment is ready; the server starts in it
 
 
 class EnvironmentBuildError(ConfigError):
@@ -92,7 +93,9 @@ class ModelServer:
     log_path: Path
     environment: str | None = None  # the environment folder MLflow used
     built: bool = False  # True when this start built the environment (False: reused)
-    startup_s: float = 0.0
+    environment_s: float | None = None  # from start until the environment was ready (built or found)
+    startup_s: float = 0.0  # from start until the model answered
+    _started: float = field(default_factory=time.perf_counter)
     _tail: deque = field(default_factory=lambda: deque(maxlen=200))
     _session: requests.Session = field(default_factory=requests.Session)
 
@@ -119,7 +122,6 @@ class ModelServer:
                    "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         log.info("starting %s in its own environment (%s); a first start builds it — log: %s",
                  uri, env_manager, log_path)
-        started = time.perf_counter()
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         server = cls(uri, env_manager, process, f"http://127.0.0.1:{port}", log_path)
@@ -128,7 +130,7 @@ class ModelServer:
         threading.Thread(target=server._pump, args=(ready,), daemon=True).start()
         server._wait(timeout_s)
         ready.set()  # from now on the server's lines go to the debug log only
-        server.startup_s = time.perf_counter() - started
+        server.startup_s = time.perf_counter() - server._started
         log.info("%s answers at %s after %.1f s (environment %s%s)", uri, server.url, server.startup_s,
                  "built" if server.built else "reused", f": {server.environment}" if server.environment else "")
         return server
@@ -146,6 +148,8 @@ class ModelServer:
                     self.built, self.environment = True, match.group(1)
                 elif match := _REUSED.search(line):
                     self.environment = match.group(1)
+                elif _SERVING.search(line) and self.environment_s is None:
+                    self.environment_s = time.perf_counter() - self._started
                 log.log(logging.DEBUG if ready.is_set() else logging.INFO, "[%s] %s", self.env_manager, line)
 
     def _wait(self, timeout_s: float) -> None:
