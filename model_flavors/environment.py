@@ -93,21 +93,21 @@ def checkout_commit(repo_path: Path) -> str | None:
     return None
 
 
-def bundle_upstream(backbone: Backbone, code_dir: Path) -> dict[str, str] | None:
-    """Copy the checkout `backbone` runs on into `code_dir/upstream`; the flavor's record of it."""
-    pinned, repo_path = type(backbone).upstream, getattr(backbone, "repo_path", None)
+def bundle_upstream(cls: type[Backbone], repo_path: Path | str | None, code_dir: Path) -> dict[str, str] | None:
+    """Copy the checkout a `cls` instance runs on into `code_dir/upstream`; the flavor's record of it."""
+    pinned = cls.upstream
     if pinned is None or repo_path is None:  # not an upstream route, or this instance runs without the code
         return None
     repo_path = Path(repo_path)
     if not repo_path.is_dir():
-        raise ConfigError(f"backbone '{backbone.key}': its upstream checkout {repo_path} is not a folder; load it "
+        raise ConfigError(f"backbone '{cls.key}': its upstream checkout {repo_path} is not a folder; load it "
                           f"with repo_path=<a checkout of {pinned.repo} at {pinned.commit[:12]}>")
     commit = checkout_commit(repo_path)
     if commit is None:
         log.warning("%s: cannot tell its commit (no .git, no %s); recording the pinned %s",
                     repo_path, COMMIT_MARKER, pinned.commit[:12])
     elif not (commit.startswith(pinned.commit) or pinned.commit.startswith(commit)):
-        raise ConfigError(f"{repo_path} is at commit {commit[:12]}, but backbone '{backbone.key}' is written "
+        raise ConfigError(f"{repo_path} is at commit {commit[:12]}, but backbone '{cls.key}' is written "
                           f"against {pinned.commit[:12]}: check out that commit (git -C {repo_path} checkout "
                           f"{pinned.commit}) before logging the model")
     shutil.copytree(repo_path, code_dir / UPSTREAM_DIR,

@@ -24,6 +24,7 @@ import base64
 import binascii
 import hashlib
 import shutil
+from functools import partial
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,13 @@ from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 import model_flavors
 from model_flavors import environment
 from model_flavors.registry import backbone_class
 from umm_harness import core
-from umm_harness.core.backbone import Backbone, LazyBackbone
+from umm_harness.core.backbone import Backbone, LazyBackbone, ModelInfo
 from umm_harness.core.requests import InferenceParams, InferenceRequest, encode_png
 
 FLAVOR_NAME = "umm"
@@ -99,14 +100,27 @@ def _copy_code(destination: Path) -> None:
         shutil.copytree(package_dir, destination / package_dir.name, ignore=shutil.ignore_patterns("__pycache__"))
 
 
+class Checkpoint(BaseModel):
+    """A backbone's checkpoint that is not loaded here (its code may not even import in this
+    environment): enough to save it as a model that loads in its own environment. A local folder
+    is copied as the weights, as the adapter's `load` reads it; a hub id is recorded by reference."""
+
+    backbone: str  # registry key
+    source: str  # local checkpoint folder or hub id
+    revision: str | None = None
+    dtype: str = "float32"
+    repo_path: Path | None = None  # the upstream checkout, for upstream routes
+
+
 def save_model(
-    backbone: Backbone,
+    backbone: Backbone | Checkpoint,
     path: str | Path,
     mlflow_model: Model | None = None,
     copy_weights: bool = True,
     metadata: dict[str, Any] | None = None,
 ) -> None:
-    """Write `backbone` as an MLflow model folder at `path` (which must not exist or be empty)."""
+    """Write `backbone` (a loaded adapter, or a `Checkpoint`) as an MLflow model folder at `path`
+    (which must not exist or be empty)."""
     if isinstance(backbone, LazyBackbone):  # its class (environment, upstream) and weights are the loaded adapter's
         backbone = backbone.loaded()
     path = Path(path)
@@ -114,15 +128,24 @@ def save_model(
         raise MlflowException(f"Path '{path}' already exists and is not empty")
     path.mkdir(parents=True, exist_ok=True)
     mlflow_model = mlflow_model or Model()
+    if isinstance(backbone, Checkpoint):
+        cls, repo_path = backbone_class(backbone.backbone), backbone.repo_path
+        info = ModelInfo(backbone=cls.key, source=backbone.source, revision=backbone.revision, dtype=backbone.dtype)
+        capabilities = cls.capabilities
+        copy_weights = copy_weights and Path(backbone.source).is_dir()
+        save_weights = partial(shutil.copytree, backbone.source, ignore=shutil.ignore_patterns(".git", ".cache"))
+    else:
+        cls, repo_path, info = type(backbone), backbone.repo_path, backbone.info
+        capabilities, save_weights = backbone.capabilities, backbone.save_pretrained
 
     if copy_weights:
-        backbone.save_pretrained(path / _WEIGHTS_DIR)
+        save_weights(path / _WEIGHTS_DIR)
         digest = folder_digest(path / _WEIGHTS_DIR)
     else:
-        digest = reference_digest(backbone.info.source, backbone.info.revision)
+        digest = reference_digest(info.source, info.revision)
     _copy_code(path / _CODE_DIR)
-    upstream = environment.bundle_upstream(backbone, path / _CODE_DIR)
-    env_files = environment.write_environment(path, type(backbone))
+    upstream = environment.bundle_upstream(cls, repo_path, path / _CODE_DIR)
+    env_files = environment.write_environment(path, cls)
 
     mlflow_model.signature = SIGNATURE
     if metadata:
@@ -132,24 +155,24 @@ def save_model(
                                model_config=dict(LOAD_CONFIG))
     mlflow_model.add_flavor(
         FLAVOR_NAME,
-        backbone=backbone.key,
-        capabilities=sorted(backbone.capabilities),
-        source=backbone.info.source if not copy_weights else None,
-        base_model=backbone.info.source,
-        revision=backbone.info.revision,
-        dtype=backbone.info.dtype,
+        backbone=cls.key,
+        capabilities=sorted(capabilities),
+        source=info.source if not copy_weights else None,
+        base_model=info.source,
+        revision=info.revision,
+        dtype=info.dtype,
         weights=_WEIGHTS_DIR if copy_weights else None,
         weights_digest=digest,
         harness_version=core.__version__,
         code=_CODE_DIR,
-        env_manager=type(backbone).env_manager,
+        env_manager=cls.env_manager,
         upstream=upstream,
     )
     mlflow_model.save(path / "MLmodel")
 
 
 def log_model(
-    backbone: Backbone,
+    backbone: Backbone | Checkpoint,
     name: str = "model",
     registered_model_name: str | None = None,
     copy_weights: bool = True,

@@ -150,9 +150,18 @@ def test_every_row_keeps_its_own_params_and_seed(tiny_janus):
         model.predict(frame)
 
 
-def test_the_isolated_route_runs_logged_models_only(workspace):
-    with pytest.raises(ConfigError, match=r"--env-manager uv runs a logged model .* 'tiny:janus-pro' is not one"):
-        resolve_model("tiny:janus-pro", env_manager="uv")
+def test_a_checkpoint_for_its_own_environment_is_saved_without_loading_it(workspace, tiny_janus, tiny_janus_dir):
+    model = resolve_model("tiny:janus-pro", env_manager="uv")
+    assert model.env_manager == "uv" and model.backbone._loaded is None  # nothing loaded, no server yet
+    conf = flavor.flavor_conf(model.model_folder)
+    assert conf["backbone"] == "janus_pro" and conf["weights"] == "weights"
+    assert (model.model_folder / "python_env.yaml").is_file()
+    batch = _requests()[:2]
+    _same(flavor.load_local(model.model_folder).run(batch), tiny_janus.run(batch))  # the copied checkpoint loads
+    assert resolve_model("tiny:janus-pro", env_manager="uv").model_folder == model.model_folder  # saved once
+
+    with pytest.raises(ConfigError, match=r"backbone_options \['think'\] reach only a model loaded in this process"):
+        resolve_model(str(tiny_janus_dir), env_manager="uv", options={"think": True})
 
 
 @pytest.mark.slow
@@ -163,7 +172,8 @@ def test_eval_in_its_own_environment_matches_in_process_and_reuses_the_environme
     cache = umm_home() / "cache"
     cache.rename(umm_home() / "cache-local")  # so the isolated run computes every output again
 
-    isolated = evaluate(EvalRecipe(model="models:/janus-pro-tiny/1", limit=6, env_manager="uv"))
+    isolated = evaluate(EvalRecipe(model="tiny:janus-pro", limit=6, env_manager="uv",
+                                   register_as="janus-pro-tiny-isolated"))
     assert official(isolated.metrics) == official(local.metrics)
     assert isolated.results["shapes"].records == local.results["shapes"].records
     assert isolated.results["shapes"].computed == local.results["shapes"].computed > 0
@@ -176,11 +186,11 @@ def test_eval_in_its_own_environment_matches_in_process_and_reuses_the_environme
     assert any(here.output(*key).images for key in keys) and any(here.output(*key).text for key in keys)
     assert mlflow.get_run(isolated.run_id).data.tags["umm.env_manager"] == "uv"
 
-    # A second start finds the environment by its hash; the same server answers plain pyfunc JSON
-    # (what `mlflow models serve` users send), batches keep per-sample seeds, and an error raised by
-    # the adapter comes back as this batch's error.
-    conf = flavor.flavor_conf(Path(mlflow.artifacts.download_artifacts("models:/janus-pro-tiny/1/MLmodel")).parent)
-    served = isolation.serve_backbone("models:/janus-pro-tiny/1", "uv", conf)
+    # The registered version is self-contained: a second start serves it from the registry and finds
+    # the environment by its hash; the server answers plain pyfunc JSON (what `mlflow models serve`
+    # users send), batches keep per-sample seeds, and an adapter's error comes back as this batch's.
+    assert isolated.model_name == "janus-pro-tiny-isolated"
+    served = resolve_model("models:/janus-pro-tiny-isolated/1", env_manager="uv").backbone.loaded()
     try:
         assert not served.server.built and Path(served.server.environment).is_dir()
         plain = requests.post(f"{served.server.url}/invocations", timeout=120, json={

@@ -10,8 +10,10 @@ Accepted references, in the order they are tried:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +46,7 @@ class ResolvedModel:
     registered_name: str  # the registered model this evaluates (or will be registered as)
     version: str | None = None  # set when the reference already is a registered version
     env_manager: str = "local"  # where the model runs: this process, or its own environment (uv, virtualenv)
+    model_folder: Path | None = None  # the MLflow model folder a model run in its own environment is served from
 
     def close(self) -> None:
         """Stop the model's server when it runs in its own environment (nothing to do in-process)."""
@@ -108,15 +111,43 @@ def _registered(reference: str, dtype: str, device: str, acceleration: dict[str,
     return ResolvedModel(backbone, reference, digest, True, name, version, env_manager=manager)
 
 
-def _tiny(name: str, dtype: str, device: str, acceleration: dict[str, Any], lazy: bool) -> ResolvedModel:
+def _checkpoint(cls: type[Backbone], source: str, digest: str, *, revision: str | None, copy_weights: bool,
+                dtype: str, device: str, options: dict[str, Any], acceleration: dict[str, Any], lazy: bool,
+                env_manager: str | None) -> tuple[Backbone | LazyBackbone, str, Path | None]:
+    """(adapter, env manager, model folder) for a checkpoint that is not a logged model: loaded here,
+    or — with env manager uv / virtualenv, the user's choice or the backbone's default — saved as an
+    MLflow model folder without loading it here (`flavor.Checkpoint`) and served from its own environment."""
+    manager = env_manager or cls.env_manager
+    if manager == "local":
+        load = partial(cls.load, source, dtype=dtype, device=device, **({"revision": revision} if revision else {}),
+                       **options)
+        return _adapter(cls, load, lazy=lazy, dtype=dtype, device=device, acceleration=acceleration), manager, None
+    unknown = sorted(set(options) - {"repo_path"})
+    if unknown:
+        raise ConfigError(f"backbone_options {unknown} reach only a model loaded in this process; with "
+                          f"--env-manager {manager} the logged model's own settings apply (or use --env-manager local)")
+    checkpoint = flavor.Checkpoint(backbone=cls.key, source=source, revision=revision, dtype=dtype,
+                                   repo_path=options.get("repo_path"))
+    identity = hashlib.sha256(f"{digest}|{checkpoint.model_dump_json()}".encode()).hexdigest()[:16]
+    folder = umm_home() / "models" / f"{cls.key}-{identity}"
+    if not (folder / "MLmodel").is_file():
+        staging = folder.with_name(f"{folder.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        flavor.save_model(checkpoint, staging, copy_weights=copy_weights)
+        staging.rename(folder)
+    return _served(str(folder), flavor.flavor_conf(folder), manager, device, acceleration), manager, folder
+
+
+def _tiny(name: str, place: Callable[..., tuple[Any, str, Path | None]]) -> ResolvedModel:
     folder = umm_home() / "tiny" / name
     if not any((folder / marker).is_file() for marker in ("config.json", *MARKER_FILES)):
         log.info("building the tiny '%s' model at %s (first use)", name, folder)
         tiny_builder(name)(folder, seed=0)
     cls = backbone_class(infer_backbone(str(folder)))
-    backbone = _adapter(cls, partial(cls.load, str(folder), dtype=dtype, device=device), lazy=lazy, dtype=dtype,
-                        device=device, acceleration=acceleration)
-    return ResolvedModel(backbone, f"tiny:{name}", flavor.folder_digest(folder), True, f"{name}-tiny")
+    digest = flavor.folder_digest(folder)
+    backbone, manager, served_from = place(cls, str(folder), digest, revision=None, copy_weights=True, options={})
+    return ResolvedModel(backbone, f"tiny:{name}", digest, True, f"{name}-tiny", env_manager=manager,
+                         model_folder=served_from)
 
 
 def resolve_model(
@@ -138,21 +169,19 @@ def resolve_model(
     `options` go to the adapter's `load` (e.g. BAGEL's `repo_path`) for checkpoints it loads itself;
     `attn_implementation` and `compile` to every transformers-based adapter (`umm_harness.core.acceleration`).
     `lazy`: the weights load on first use (`LazyBackbone`), where the backbone's class allows it.
-    `env_manager`: "local" loads the model in this process; "uv" / "virtualenv" run a logged model
-    (`models:/…` or an MLflow model folder) in its own environment; None: the model's declared default.
+    `env_manager`: "local" loads the model in this process; "uv" / "virtualenv" run it in its own
+    environment (a checkpoint is first saved as an MLflow model folder under $UMM_HOME/models, without
+    loading it here); None: the default the model was logged with, else its backbone's.
     """
     options = options or {}
-    if env_manager not in (None, "local") and not (
-            reference.startswith("models:/") or (Path(reference).expanduser() / "MLmodel").is_file()):
-        raise ConfigError(f"--env-manager {env_manager} runs a logged model (models:/… or an MLflow model folder), "
-                          f"and '{reference}' is not one: evaluate it once with --env-manager local (that registers "
-                          "it), or log it with model_flavors.flavor.log_model")
     acceleration = {"attn_implementation": attn_implementation, "compile": compile}
     adapter = partial(_adapter, lazy=lazy, dtype=dtype, device=device, acceleration=acceleration)
+    place = partial(_checkpoint, dtype=dtype, device=device, acceleration=acceleration, lazy=lazy,
+                    env_manager=env_manager)
     if reference.startswith("models:/"):
         resolved = _registered(reference, dtype, device, acceleration, lazy, env_manager)
     elif reference.startswith("tiny:"):
-        resolved = _tiny(reference.removeprefix("tiny:"), dtype, device, acceleration, lazy)
+        resolved = _tiny(reference.removeprefix("tiny:"), place)
     elif Path(reference).expanduser().exists():
         folder = Path(reference).expanduser().resolve()
         if (folder / "MLmodel").is_file():
@@ -163,12 +192,18 @@ def resolve_model(
                 loaded = _adapter(backbone_class(conf["backbone"]), partial(flavor.load_local, folder, device=device),
                                   lazy=lazy, dtype=conf.get("dtype", dtype), device=device, acceleration=acceleration)
             digest = flavor.folder_digest(folder / "weights") if (folder / "weights").is_dir() else folder.name
-            resolved = ResolvedModel(loaded, reference, digest, True, folder.name.lower(), env_manager=manager)
+            resolved = ResolvedModel(loaded, reference, digest, True, folder.name.lower(), env_manager=manager,
+                                     model_folder=folder if manager != "local" else None)
         else:
             cls = backbone_class(backbone or infer_backbone(str(folder)))
-            loaded = adapter(cls, partial(cls.load, str(folder), dtype=dtype, device=device, **options))
-            resolved = ResolvedModel(loaded, reference, flavor.folder_digest(folder), True, folder.name.lower())
+            digest = flavor.folder_digest(folder)
+            loaded, manager, served_from = place(cls, str(folder), digest, revision=None, copy_weights=True,
+                                                 options=options)
+            resolved = ResolvedModel(loaded, reference, digest, True, folder.name.lower(), env_manager=manager,
+                                     model_folder=served_from)
     elif reference.startswith(("http://", "https://")):  # a model behind an engine (e.g. vllm-omni)
+        if env_manager not in (None, "local"):
+            raise ConfigError(f"model '{reference}' runs in its engine's own process; --env-manager does not apply")
         if not backbone:
             raise ConfigError(f"model '{reference}' is a server: pass --backbone (e.g. bagel)")
         cls = backbone_class(backbone)
@@ -177,9 +212,11 @@ def resolve_model(
                                  re.sub(r"[^a-z0-9-]+", "-", reference.split("://", 1)[1].lower()).strip("-"))
     elif _HUB_ID.match(reference) and not reference.startswith((".", "~")):
         cls = backbone_class(backbone or infer_backbone(reference))
-        loaded = adapter(cls, partial(cls.load, reference, revision=revision, dtype=dtype, device=device, **options))
         digest = flavor.reference_digest(reference, revision)
-        resolved = ResolvedModel(loaded, reference, digest, False, reference.split("/")[-1].lower())
+        loaded, manager, served_from = place(cls, reference, digest, revision=revision, copy_weights=False,
+                                             options=options)
+        resolved = ResolvedModel(loaded, reference, digest, False, reference.split("/")[-1].lower(),
+                                 env_manager=manager, model_folder=served_from)
     else:
         raise ConfigError(f"model '{reference}': no such file or directory, and not a hub id, models:/ URI or tiny:<name>")
     if register_as and resolved.version is None:

@@ -42,8 +42,8 @@ def ensure_registered(model: ResolvedModel, extra_tags: dict[str, str] | None = 
         return model.version
     if model.env_manager == "local":
         model_uri = flavor.log_model(model.backbone, name="model", copy_weights=model.copy_weights).model_uri
-    else:  # an MLflow model folder served in its own environment: logged as it is, code and environment included
-        mlflow.log_artifacts(model.reference, "model")
+    else:  # the MLflow model folder served in its own environment: logged as it is, code and environment included
+        mlflow.log_artifacts(str(model.model_folder), "model")
         model_uri = f"runs:/{mlflow.active_run().info.run_id}/model"
     tags = {
         DIGEST_TAG: model.digest,
