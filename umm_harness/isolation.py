@@ -19,6 +19,7 @@ machine (find-links, extra indexes, constraints) are handed to uv through its ow
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import logging
 import os
@@ -82,6 +83,15 @@ def pip_sources_for_uv() -> dict[str, str]:
     return variables
 
 
+def _end_with_parent() -> None:
+    """Run in the server's process before it starts: it gets SIGTERM when the thread that started it
+    ends, even if the harness is killed (Linux; MLflow passes this on to the scoring server it starts)."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class ModelServer:
     """`mlflow models serve` of one model in its own environment, on a free loopback port."""
@@ -123,7 +133,7 @@ class ModelServer:
         log.info("starting %s in its own environment (%s); a first start builds it — log: %s",
                  uri, env_manager, log_path)
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_end_with_parent)
         server = cls(uri, env_manager, process, f"http://127.0.0.1:{port}", log_path)
         _RUNNING.add(server)
         ready = threading.Event()
