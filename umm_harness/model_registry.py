@@ -48,7 +48,9 @@ def ensure_registered(model: ResolvedModel, extra_tags: dict[str, str] | None = 
     tags = {
         DIGEST_TAG: model.digest,
         "umm.backbone": model.backbone.key,
-        "umm.base_model": model.backbone.info.source if not model.copy_weights else model.reference,
+        # (a served model's reference names its weights too; asking it for its info would start it)
+        "umm.base_model": model.backbone.info.source if not model.copy_weights and model.env_manager == "local"
+        else model.reference,
         **(extra_tags or {}),
     }
     # The digest tag is created with the version, so a concurrent evaluation of the same weights
