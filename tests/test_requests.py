@@ -78,3 +78,11 @@ def test_png_round_trip_is_lossless():
     raw = io.BytesIO()
     image.save(raw, format="PNG")
     assert decode_image(raw.getvalue()).size == (16, 16)
+
+
+def test_base64_longer_than_a_file_name_is_decoded_not_looked_up():
+    image = Image.new("RGB", (128, 128), "white")  # its base64 PNG is 256..4096 characters long
+    for level in (6, 1):
+        encoded = encode_png(image, compress_level=level)
+        assert 255 < len(encoded) < 4096
+        assert decode_image(encoded).tobytes() == image.tobytes()

@@ -19,6 +19,8 @@ machine (find-links, extra indexes, constraints) are handed to uv through its ow
 from __future__ import annotations
 
 import atexit
+import base64
+import binascii
 import ctypes
 import json
 import logging
@@ -36,6 +38,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import requests
+from PIL import Image
 
 from umm_harness.core.backbone import EnvManager, ModelInfo, UnsupportedTask
 from umm_harness.core.errors import ConfigError
@@ -231,6 +234,14 @@ _RUNNING: set[ModelServer] = set()
 atexit.register(lambda: [server.stop() for server in list(_RUNNING)])
 
 
+def _png(value: str, row_index: int) -> Image.Image:
+    """An image the server answered: base64 bytes only (never a path on this machine)."""
+    try:
+        return decode_image(base64.b64decode(value, validate=True))
+    except (binascii.Error, TypeError, ValueError) as exc:
+        raise ServedModelError(f"row {row_index}: the server answered an image that is not base64 PNG ({exc})") from None
+
+
 class ServedBackbone:
     """The harness's side of a served model: the backbone contract (`key`, `capabilities`, `run`),
     each batch one request to the model's scoring server."""
@@ -252,14 +263,14 @@ class ServedBackbone:
         task = tasks.pop()
         self.check_supports(task)
         frame = {"columns": ["task", "prompt", "images", "params"],
-                 "data": [[r.task, r.prompt, [encode_png(image) for image in r.images],
+                 "data": [[r.task, r.prompt, [encode_png(image, compress_level=1) for image in r.images],
                            r.params.model_dump_json(exclude_none=True)] for r in requests]}
         rows = self.server.predict(frame, f"a batch of {len(requests)} {task} request(s)")
         if len(rows) != len(requests):
             raise ServedModelError(f"{self.server.uri}: {len(rows)} answers to {len(requests)} requests")
-        return [InferenceResult(text=row.get("text"), images=[decode_image(value) for value in row.get("images") or []],
+        return [InferenceResult(text=row.get("text"), images=[_png(value, row_index) for value in row.get("images") or []],
                                 params=InferenceParams.model_validate_json(row["params"]),
-                                elapsed_s=float(row.get("elapsed_s") or 0.0)) for row in rows]
+                                elapsed_s=float(row.get("elapsed_s") or 0.0)) for row_index, row in enumerate(rows)]
 
     def close(self) -> None:
         self.server.stop()
