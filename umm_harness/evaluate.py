@@ -181,7 +181,8 @@ def load_backbone(recipe: EvalRecipe) -> Backbone:
     """The recipe's model, loaded now (in a Ray actor)."""
     return resolve_model(recipe.model, backbone=recipe.backbone, revision=recipe.revision, dtype=recipe.dtype,
                          device=recipe.device, options=recipe.backbone_options,
-                         attn_implementation=recipe.attn_implementation, compile=recipe.compile).backbone
+                         attn_implementation=recipe.attn_implementation, compile=recipe.compile,
+                         env_manager=recipe.env_manager).backbone  # a served model stops with the actor
 
 
 def _scorer_tag(task: Task) -> dict[str, str]:
