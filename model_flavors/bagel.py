@@ -61,7 +61,7 @@ from PIL import Image
 from model_flavors import bagel_cpu
 from model_flavors.upstream_checkout import checkout_commit
 from model_flavors.vllm_omni import VllmOmniClient, image_part, text_part
-from umm_harness.core.backbone import Backbone, ModelInfo
+from umm_harness.core.backbone import Backbone, ModelInfo, Upstream
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
@@ -451,7 +451,7 @@ class Bagel(Backbone):
         "torch==2.13.0", "transformers==4.49.0", "tokenizers>=0.21,<0.22", "accelerate>=0.34.0", "einops==0.8.1",
         "safetensors>=0.4.5", "huggingface_hub>=0.26,<1.0", "regex", "numpy", "requests>=2.31",
     )
-    upstream: ClassVar[tuple[str, str]] = (UPSTREAM_URL, UPSTREAM_COMMIT)
+    upstream: ClassVar[Upstream] = Upstream(repo=UPSTREAM_URL, commit=UPSTREAM_COMMIT)
 
     def __init__(self, engine: BagelEngine, info: ModelInfo, think: bool = False, image_size: int = MAX_IMAGE_SIZE):
         self.engine = engine

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from model_flavors.upstream_checkout import COMMIT_MARKER, checkout_commit
 from umm_harness.core.backbone import Backbone
 from umm_harness.core.errors import ConfigError
 
@@ -52,7 +52,6 @@ BASE_REQUIREMENTS: tuple[str, ...] = (
     "pyyaml>=6",
 )
 UPSTREAM_DIR = "upstream"  # inside the model's code/ folder
-COMMIT_MARKER = ".upstream-commit"  # a snapshot (not a git clone) names its commit here
 ENV_FILES = {"virtualenv": "python_env.yaml", "conda": "conda.yaml"}
 
 
@@ -82,17 +81,6 @@ def write_environment(path: Path, cls: type[Backbone]) -> dict[str, str]:
     return dict(ENV_FILES)
 
 
-def checkout_commit(repo_path: Path) -> str | None:
-    """The commit a checkout is at: git's HEAD, or the marker file of a plain snapshot."""
-    if (repo_path / ".git").exists():
-        head = subprocess.run(["git", "-C", str(repo_path), "rev-parse", "HEAD"], capture_output=True, text=True)
-        return head.stdout.strip() or None
-    marker = repo_path / COMMIT_MARKER
-    if marker.is_file():
-        return marker.read_text().strip() or None
-    return None
-
-
 def bundle_upstream(cls: type[Backbone], repo_path: Path | str | None, code_dir: Path) -> dict[str, str] | None:
     """Copy the checkout a `cls` instance runs on into `code_dir/upstream`; the flavor's record of it."""
     pinned = cls.upstream
@@ -112,4 +100,5 @@ def bundle_upstream(cls: type[Backbone], repo_path: Path | str | None, code_dir:
                           f"{pinned.commit}) before logging the model")
     shutil.copytree(repo_path, code_dir / UPSTREAM_DIR,
                     ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"))
+    (code_dir / UPSTREAM_DIR / COMMIT_MARKER).write_text(commit or pinned.commit)  # the copy has no .git
     return {"repo": pinned.repo, "commit": pinned.commit, "path": UPSTREAM_DIR, "verified": str(commit is not None)}

@@ -51,7 +51,7 @@ import torch
 from PIL import Image
 
 from model_flavors.upstream_checkout import (
-    Upstream,
+    UpstreamCheckout,
     diffusers_modelmixin_standin,
     import_or_explain,
     module_from_file,
@@ -63,7 +63,7 @@ from umm_harness.core.requests import InferenceParams, InferenceRequest, Inferen
 
 log = logging.getLogger(__name__)
 
-UPSTREAM = Upstream(
+UPSTREAM = UpstreamCheckout(
     name="MMaDA", repo="https://github.com/Gen-Verse/MMaDA", commit="3cdb8709635beb29f66e4e23cd66060872ac3996",
     markers=("models/modeling_mmada.py", "models/modeling_magvitv2.py", "training/prompting_utils.py"),
     env="UMM_MMADA_REPO",
@@ -163,7 +163,7 @@ class Mmada(Backbone):
     # Its environment beside the harness's base: upstream pins (transformers 4.46, diffusers 0.32.2)
     # adjusted to what runs here (checked: transformers 5.25, diffusers 0.42.1, the CPU torch 2.13.0 wheel).
     pip_requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS[2:]  # torch and transformers: the base pins
-    upstream: ClassVar[Upstream] = UPSTREAM
+    upstream: ClassVar[UpstreamCheckout] = UPSTREAM
 
     def __init__(self, api: SimpleNamespace, lm, vq, tokenizer, sizes: MmadaSizes, info: ModelInfo):
         self.api, self.lm, self.vq, self.tokenizer = api, lm.eval(), vq.eval(), tokenizer

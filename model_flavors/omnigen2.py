@@ -40,7 +40,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from model_flavors.upstream_checkout import checkout_commit
-from umm_harness.core.backbone import Backbone, ModelInfo
+from umm_harness.core.backbone import Backbone, ModelInfo, Upstream
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
@@ -155,7 +155,7 @@ class OmniGen2(Backbone):
         "torch==2.13.0", "transformers>=5.0,<6", "diffusers>=0.35,<0.43", "accelerate>=1.0", "einops>=0.8",
         "safetensors>=0.4", "huggingface_hub>=0.30",
     )
-    upstream: ClassVar[tuple[str, str]] = (UPSTREAM_URL, UPSTREAM_COMMIT)
+    upstream: ClassVar[Upstream] = Upstream(repo=UPSTREAM_URL, commit=UPSTREAM_COMMIT)
 
     def __init__(self, pipeline: Any, processor: TextImageProcessor, info: ModelInfo, checkpoint: str,
                  repo: Path, image_size: int = 1024):

@@ -39,7 +39,7 @@ from PIL import Image
 
 from model_flavors.mmada import _vq_state_dict, build_vq, to_vq_pixels
 from model_flavors.upstream_checkout import (
-    Upstream,
+    UpstreamCheckout,
     diffusers_modelmixin_standin,
     import_or_explain,
     module_from_file,
@@ -49,7 +49,7 @@ from umm_harness.core.backbone import Backbone, ModelInfo, require_safetensors
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
-UPSTREAM = Upstream(
+UPSTREAM = UpstreamCheckout(
     name="Show-o", repo="https://github.com/showlab/Show-o", commit="45a5a2de01d1ebd10cd5864d29310a76476cdf23",
     markers=("models/modeling_showo.py", "models/phi.py", "training/prompting_utils.py"), env="UMM_SHOW_O_REPO",
 )
@@ -112,7 +112,7 @@ class ShowO(Backbone):
     # Its environment beside the harness's base: upstream pins (transformers 4.41.1, diffusers 0.30.1)
     # adjusted to what runs with the adapter's accommodations here (transformers 5.25, diffusers 0.42.1).
     pip_requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS[2:]  # torch and transformers: the base pins
-    upstream: ClassVar[Upstream] = UPSTREAM
+    upstream: ClassVar[UpstreamCheckout] = UPSTREAM
 
     def __init__(self, api: SimpleNamespace, model, vq, tokenizer, sizes: ShowOSizes, info: ModelInfo):
         self.api, self.model, self.vq, self.tokenizer, self.sizes, self.info = api, model.eval(), vq.eval(), tokenizer, sizes, info

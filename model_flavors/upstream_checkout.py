@@ -14,9 +14,9 @@ import logging
 import os
 import sys
 import types
-from dataclasses import dataclass
 from pathlib import Path
 
+from umm_harness.core.backbone import Upstream
 from umm_harness.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -58,15 +58,11 @@ def _common_dir(git: Path) -> Path:
     return (git / common.read_text().strip()).resolve() if common.is_file() else git
 
 
-@dataclass(frozen=True)
-class Upstream:
-    """Where a backbone's code comes from: the repository, the commit the adapter was written against,
-    the files that identify a checkout, and the environment variable that names one. (`repo` and
-    `commit` are what the environment-isolation mechanism reads from a backbone's `upstream`.)"""
+class UpstreamCheckout(Upstream):
+    """A backbone's `upstream` (repository and commit, what the flavor bundles) plus how to find and
+    check a user's checkout of it: the files that identify one and the variable that names one."""
 
     name: str
-    repo: str
-    commit: str
     markers: tuple[str, ...]
     env: str
 
@@ -151,7 +147,7 @@ def diffusers_modelmixin_standin(module_name: str, requirements: tuple[str, ...]
     sys.modules[module_name] = module
 
 
-def import_or_explain(name: str, upstream: Upstream, requirements: tuple[str, ...]) -> types.ModuleType:
+def import_or_explain(name: str, upstream: UpstreamCheckout, requirements: tuple[str, ...]) -> types.ModuleType:
     try:
         return importlib.import_module(name)
     except ImportError as exc:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from model_flavors.upstream_checkout import Upstream
+from model_flavors.upstream_checkout import UpstreamCheckout
 from umm_harness.core.backbone import Backbone
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, TaskKind
@@ -43,7 +43,7 @@ class UpstreamOnly(Backbone):
     route: ClassVar[str] = "upstream"
     status: ClassVar[str] = "blocked here"
     cards: ClassVar[dict[TaskKind, TaskCard]]
-    upstream: ClassVar[Upstream]
+    upstream: ClassVar[UpstreamCheckout]
     blocked_here: ClassVar[str]
     gpu_run: ClassVar[str]
     upstream_pins: ClassVar[tuple[str, ...]]  # the repository's own pins: an environment for it starts here
@@ -94,9 +94,7 @@ class ShowO2(UpstreamOnly):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation"})
     hub_ids: ClassVar[tuple[str, ...]] = ("showlab/show-o2-1.5B", "showlab/show-o2-1.5B-HQ", "showlab/show-o2-7B")
     notes: ClassVar[str] = "Qwen2.5 + flow matching in the Wan2.1 VAE latent; SigLIP for understanding"
-    upstream: ClassVar[Upstream] = Upstream(
-        "Show-o2", "https://github.com/showlab/Show-o", "45a5a2de01d1ebd10cd5864d29310a76476cdf23",
-        ("show-o2/models/modeling_showo2_qwen2_5.py", "show-o2/inference_t2i.py"), "UMM_SHOW_O_REPO")
+    upstream: ClassVar[UpstreamCheckout] = UpstreamCheckout(name="Show-o2", repo="https://github.com/showlab/Show-o", commit="45a5a2de01d1ebd10cd5864d29310a76476cdf23", markers=("show-o2/models/modeling_showo2_qwen2_5.py", "show-o2/inference_t2i.py"), env="UMM_SHOW_O_REPO")
     requires: ClassVar[tuple[str, ...]] = ("a checkout of showlab/Show-o (show-o2/)", "timm", "torchvision",
                                            "flash-attn (CUDA)")
     upstream_pins: ClassVar[tuple[str, ...]] = ("torch==2.5.1", "torchvision", "transformers==4.47.0",
@@ -123,9 +121,7 @@ class JanusFlow(UpstreamOnly):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation"})
     hub_ids: ClassVar[tuple[str, ...]] = ("deepseek-ai/JanusFlow-1.3B",)
     notes: ClassVar[str] = "rectified flow in the SDXL VAE latent (stabilityai/sdxl-vae, bf16)"
-    upstream: ClassVar[Upstream] = Upstream(
-        "JanusFlow", "https://github.com/deepseek-ai/Janus", "1daa72fa409002d40931bd7b36a9280362469ead",
-        ("janus/janusflow/models/modeling_vlm.py",), "UMM_JANUS_REPO")
+    upstream: ClassVar[UpstreamCheckout] = UpstreamCheckout(name="JanusFlow", repo="https://github.com/deepseek-ai/Janus", commit="1daa72fa409002d40931bd7b36a9280362469ead", markers=("janus/janusflow/models/modeling_vlm.py",), env="UMM_JANUS_REPO")
     requires: ClassVar[tuple[str, ...]] = ("a checkout of deepseek-ai/Janus", "attrdict", "timm", "torchvision")
     upstream_pins: ClassVar[tuple[str, ...]] = ("torch>=2.0.1", "torchvision", "transformers>=4.38.2", "timm>=0.9.16",
                                                "accelerate", "sentencepiece", "attrdict", "einops", "diffusers")
@@ -151,9 +147,7 @@ class TokenFlow(UpstreamOnly):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"generation"})
     hub_ids: ClassVar[tuple[str, ...]] = ("ByteFlow-AI/TokenFlow-t2i",)
     notes: ClassVar[str] = "next-scale AR over a dual-codebook tokenizer (ByteFlow-AI/TokenFlow, a .pt pickle)"
-    upstream: ClassVar[Upstream] = Upstream(
-        "TokenFlow", "https://github.com/ByteFlow-AI/TokenFlow", "9812da01c0695f4989060cc4eea053715e9e4441",
-        ("t2i/llava_t2i",), "UMM_TOKENFLOW_REPO")
+    upstream: ClassVar[UpstreamCheckout] = UpstreamCheckout(name="TokenFlow", repo="https://github.com/ByteFlow-AI/TokenFlow", commit="9812da01c0695f4989060cc4eea053715e9e4441", markers=("t2i/llava_t2i",), env="UMM_TOKENFLOW_REPO")
     requires: ClassVar[tuple[str, ...]] = ("a checkout of ByteFlow-AI/TokenFlow", "transformers 4.43", "torchvision")
     upstream_pins: ClassVar[tuple[str, ...]] = ("torch==2.1.2", "torchvision==0.16.2", "transformers==4.43.4",
                                                "accelerate==0.31.0", "timm==1.0.9", "setuptools<81")
@@ -181,9 +175,7 @@ class DeepGen(UpstreamOnly):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"generation", "editing"})
     hub_ids: ClassVar[tuple[str, ...]] = ("deepgenteam/DeepGen-1.0-diffusers", "deepgenteam/DeepGen-1.0")
     notes: ClassVar[str] = "Qwen2.5-VL-3B conditioning an SD3.5-style 2B DiT (Kontext-style reference tokens)"
-    upstream: ClassVar[Upstream] = Upstream(
-        "DeepGen", "https://github.com/deepgenteam/deepgen", "e6cb0c262611caebf2bf1c39e86be2f9ed636ebe",
-        ("src/models", "configs/models/deepgen.py"), "UMM_DEEPGEN_REPO")
+    upstream: ClassVar[UpstreamCheckout] = UpstreamCheckout(name="DeepGen", repo="https://github.com/deepgenteam/deepgen", commit="e6cb0c262611caebf2bf1c39e86be2f9ed636ebe", markers=("src/models", "configs/models/deepgen.py"), env="UMM_DEEPGEN_REPO")
     requires: ClassVar[tuple[str, ...]] = ("the hub pipeline script (trust_remote_code) or the checkout's xtuner "
                                            "route", "flash-attn (CUDA)")
     upstream_pins: ClassVar[tuple[str, ...]] = ("torch==2.8.0", "torchvision==0.23.0", "transformers==4.56.1",
@@ -213,9 +205,7 @@ class Emu3p5(UpstreamOnly):
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation", "editing"})
     hub_ids: ClassVar[tuple[str, ...]] = ("BAAI/Emu3.5", "BAAI/Emu3.5-Image")
     notes: ClassVar[str] = "34B next-token model over IBQ image tokens (BAAI/Emu3.5-VisionTokenizer); editing = x2i"
-    upstream: ClassVar[Upstream] = Upstream(
-        "Emu3.5", "https://github.com/baaivision/Emu3.5", "8fcf1da48f9c5252fe0a0b8dc842e07b6efcd745",
-        ("src/emu3p5/modeling_emu3.py", "configs/example_config_t2i.py"), "UMM_EMU3_5_REPO")
+    upstream: ClassVar[UpstreamCheckout] = UpstreamCheckout(name="Emu3.5", repo="https://github.com/baaivision/Emu3.5", commit="8fcf1da48f9c5252fe0a0b8dc842e07b6efcd745", markers=("src/emu3p5/modeling_emu3.py", "configs/example_config_t2i.py"), env="UMM_EMU3_5_REPO")
     requires: ClassVar[tuple[str, ...]] = ("a checkout of baaivision/Emu3.5", "transformers==4.48.2",
                                            "its patched vLLM 0.11 (CUDA) for speed")
     upstream_pins: ClassVar[tuple[str, ...]] = ("torch>=2.6.0", "torchvision>=0.15.0", "transformers==4.48.2",
@@ -251,9 +241,7 @@ class OvisU1(UpstreamOnly):
     route: ClassVar[str] = "hub remote code"
     hub_ids: ClassVar[tuple[str, ...]] = ("AIDC-AI/Ovis-U1-3B",)
     notes: ClassVar[str] = "Ovis VLM + MMDiT decoder; its modelling code lives only on the hub (trust_remote_code)"
-    upstream: ClassVar[Upstream] = Upstream(
-        "Ovis-U1", "https://github.com/AIDC-AI/Ovis-U1", "dccf5eb36a725dba482ea506b586362ee2b0a01e",
-        ("test_txt_to_img.py",), "UMM_OVIS_U1_REPO")
+    upstream: ClassVar[UpstreamCheckout] = UpstreamCheckout(name="Ovis-U1", repo="https://github.com/AIDC-AI/Ovis-U1", commit="dccf5eb36a725dba482ea506b586362ee2b0a01e", markers=("test_txt_to_img.py",), env="UMM_OVIS_U1_REPO")
     requires: ClassVar[tuple[str, ...]] = ("trust_remote_code: true (opt-in)", "transformers==4.51.3",
                                            "diffusers==0.31.0")
     upstream_pins: ClassVar[tuple[str, ...]] = ("torch==2.4.0", "transformers==4.51.3", "diffusers==0.31.0")
