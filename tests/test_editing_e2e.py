@@ -96,3 +96,33 @@ def test_a_backbone_that_cannot_edit_is_skipped_with_its_reason(workspace, judge
     assert child.data.tags["umm.skipped"] == "backbone 'janus_pro' cannot do editing"
     rows = [json.loads(line) for line in open(client.download_artifacts(child.info.run_id, "samples/imgedit.jsonl"))]
     assert {(row["status"], row["reason"]) for row in rows} == {("skipped", "backbone 'janus_pro' cannot do editing")}
+
+
+def test_the_editing_suite_on_a_tiny_upstream_editing_model(workspace, judge_url, monkeypatch):
+    """BAGEL on its authors' code (tiny random weights, the ../shared/upstream snapshot) edits both
+    benchmarks' fixture rows; generate and score as separate stages equal the one-go run."""
+    import torch
+
+    from tests.conftest import REPO
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("UMM_BAGEL_REPO", str(REPO.parent / "shared" / "upstream" / "bagel"))
+    recipe = _recipe(workspace, judge_url, monkeypatch, model="tiny:bagel")
+    client = MlflowClient()
+    together = _run_id(umm_eval("--recipe", str(recipe)))
+    children = {run.data.tags["umm.benchmark"]: run for run in _children(client, together)["all"]}
+    assert set(children) == {"gedit", "imgedit"}
+    for name, run in children.items():
+        assert run.data.tags["umm.backbone"] == "bagel"
+        assert run.data.metrics[f"{name}/missing_edits"] == 0
+        edits = [a.path for a in client.list_artifacts(run.info.run_id, f"images/{name}")
+                 if not a.path.endswith("_source.png")]
+        assert len(edits) == 4
+
+    generated = _run_id(umm_eval("--recipe", str(recipe), "--stage", "generate"))
+    with monkeypatch.context() as patch:
+        patch.setattr("umm_harness.evaluate.resolve_model", lambda *a, **k: pytest.fail("scoring loaded the model"))
+        umm_eval("--recipe", str(recipe), "--stage", "score", "--from-run", generated)
+    scored = {run.data.tags["umm.benchmark"]: run for run in _children(client, generated)["score"]}
+    for name in ("gedit", "imgedit"):
+        assert _metrics(scored[name]) == pytest.approx(_metrics(children[name]))
