@@ -202,6 +202,81 @@ def test_an_eval_killed_while_generating_scoring_and_logging_resumes_exactly(wor
     assert all(s in ("RUNNING", "FAILED", "KILLED") for s in statuses if s != "FINISHED")
 
 
+def _runs(experiment: str = "umm-eval") -> list:
+    client = MlflowClient()
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_terminated_eval_ends_its_runs_killed_exits_128_plus_the_signal_and_the_rerun_finishes(workspace, sig):
+    """What `timeout`, schedulers (SIGTERM) and Ctrl-C (SIGINT) do: the parent and child runs end
+    KILLED, not RUNNING or FAILED; the exit code says which signal (143, 130), not a config error."""
+    home = workspace / "umm_home"
+    log = workspace / "terminated.log"
+    process = _start(_eval_args(), workspace, log)
+    _wait(lambda: len(_valid_lines(_cache_log(home))) >= 2, process, "generation", log)
+    process.send_signal(sig)
+    assert process.wait(timeout=WAIT_S) == 128 + sig, log.read_text()[-3000:]
+    last = log.read_text().strip().splitlines()[-1]
+    assert last.startswith(f"umm: interrupted by {signal.Signals(sig).name}; run(s) ") and "rerun" in last, last
+    killed = _runs()
+    assert len(killed) == 2 and {r.info.status for r in killed} == {"KILLED"}
+    assert all(r.info.end_time for r in killed)
+
+    rerun = subprocess.run(_eval_args(), cwd=workspace, capture_output=True, text=True, timeout=WAIT_S)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "left RUNNING" not in rerun.stderr  # nothing was left open to close
+    statuses = sorted(r.info.status for r in _runs())
+    assert statuses == ["FINISHED", "FINISHED", "KILLED", "KILLED"]
+
+
+def test_the_runs_of_a_sigkilled_eval_are_closed_by_the_next_command_which_says_it_resumes(workspace):
+    home = workspace / "umm_home"
+    log = workspace / "sigkilled.log"
+    process = _start(_eval_args(), workspace, log)
+    _wait(lambda: len(_valid_lines(_cache_log(home))) >= 2, process, "generation", log)
+    _kill(process, "while generating")
+    assert {r.info.status for r in _runs()} == {"RUNNING"}
+
+    rerun = subprocess.run(_eval_args(), cwd=workspace, capture_output=True, text=True, timeout=WAIT_S)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    closed = [line for line in rerun.stderr.splitlines() if "left RUNNING by an earlier command that was killed" in line]
+    assert len(closed) == 2 and all("resumed" in line for line in closed), rerun.stderr[-3000:]
+    assert sorted(r.info.status for r in _runs()) == ["FINISHED", "FINISHED", "KILLED", "KILLED"]
+
+
+_PENDING_THEN_WAIT = """
+import sys, time
+import mlflow
+from umm_harness import interrupts
+interrupts.install()
+mlflow.set_experiment("umm-eval")
+with mlflow.start_run():
+    mlflow.MlflowClient().create_logged_model(mlflow.active_run().info.experiment_id,
+                                              source_run_id=mlflow.active_run().info.run_id)
+    print("pending", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_registration_killed_half_way_leaves_no_pending_model_after_the_next_command(workspace):
+    """A process SIGKILLed between creating its logged model and finalizing it (what a kill
+    during `log_model` leaves): the next command fails that model and closes the run."""
+    from umm_harness.store import open_store
+
+    process = subprocess.Popen([sys.executable, "-c", _PENDING_THEN_WAIT], cwd=workspace, stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == "pending"
+    _kill(process, "with a pending model")
+    client = MlflowClient()
+    (run,) = _runs()
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert (run.info.status, str(model.status)) == ("RUNNING", "PENDING")
+    open_store()
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert str(client.get_logged_model(model.model_id).status) == "FAILED"
+
+
 def test_a_torn_last_cache_line_is_ignored_and_recomputed(workspace):
     first = evaluate(EvalRecipe(limit=4, batch_size=1, threads=1))
     log = _cache_log(workspace / "umm_home")

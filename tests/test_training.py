@@ -282,9 +282,10 @@ def test_an_interrupted_training_resumes_with_the_same_loss_curve(base):
     assert sorted(m.step for m in history) == list(range(1, 9))
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(whole.losses, rel=1e-6)
 
+    assert resumed.version == whole.version  # the same weights are one version
     again = train(recipe(**values, output_dir=str(base / "resumed")))  # finished: nothing to redo
     assert again.reused and again.version == resumed.version
-    assert len(_versions()) == 3
+    assert len(_versions()) == 2
 
 
 @pytest.mark.slow
@@ -318,3 +319,31 @@ def test_under_mlflow_run_the_training_logs_into_the_launchers_run(base, monkeyp
     logged = MlflowClient().get_run(run.info.run_id)
     assert logged.data.tags["umm.model_version"] == result.version == "2"
     assert len(MlflowClient().get_metric_history(run.info.run_id, "train/loss")) == 2
+
+
+_TRAIN_ONE = """
+import json, sys
+from training.recipe import train_recipe
+from training.run import train
+result = train(train_recipe(**json.loads(sys.argv[1])))
+print("RESULT " + json.dumps({"version": result.version, "digest": result.weights_digest, "run": result.run_id}))
+"""
+
+
+@pytest.mark.slow
+def test_two_identical_trainings_at_once_make_one_version_and_take_turns_with_the_checkpoints(base):
+    """The second waits for the first (one checkpoint folder, one writer), then returns its version."""
+    import subprocess
+    import sys
+
+    values = {**FIXED, "steps": 3, "alias": None, "threads": 1}
+    processes = [subprocess.Popen([sys.executable, "-c", _TRAIN_ONE, json.dumps(values)], cwd=base, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "CI": "true"})
+                 for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    results = [json.loads(out.split("RESULT ", 1)[1]) for out, _ in outputs]
+    assert results[0]["version"] == results[1]["version"] == "2" and results[0]["digest"] == results[1]["digest"]
+    assert _versions() == ["1", "2"]
+    assert any("another training is using" in err for _, err in outputs)  # one of them waited
+

@@ -6,15 +6,17 @@
 2. `rebuild`: a fresh load of the base model with that state put back by the method (`sft`,
    `reca`: the weights; `lora`: the adapters, merged or kept).
 3. `register`: `model_flavors.flavor.log_model` in the training run, registered under the base
-   model's name, with lineage tags and the `challenger` alias.
+   model's name (once per distinct weights), with lineage tags and the `challenger` alias.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import mlflow
 import torch
 from mlflow import MlflowClient
 from torch import nn
@@ -22,7 +24,9 @@ from torch import nn
 from model_flavors import flavor
 from training.recipe import TrainRecipe
 from umm_harness.core.training import Trainable
-from umm_harness.model_registry import DIGEST_TAG
+from umm_harness.model_registry import DIGEST_TAG, find_version
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,25 +68,32 @@ def rebuild(method: ModuleType, state: dict[str, torch.Tensor], base_dir: Path, 
 
 def register(backbone: Trainable, *, base: BaseVersion, recipe: TrainRecipe, run_id: str, dataset_digest: str,
              step: int, final: bool) -> tuple[str, str]:
-    """Log `backbone` in the active run and register it as a new version; returns (version, weights digest)."""
-    info = flavor.log_model(backbone, name="model" if final else f"model-step{step}",
-                            registered_model_name=base.name, copy_weights=True)
-    version = str(info.registered_model_version)
+    """Log `backbone` in the active run and register it as a new version; returns (version, weights digest).
+
+    Weights already registered under the name (an identical training, e.g. two at once) keep their
+    version: the digest tag is written with the version, and the higher of two equal versions is
+    dropped, as `umm_harness.model_registry.ensure_registered` does for evaluated models."""
+    info = flavor.log_model(backbone, name="model" if final else f"model-step{step}", copy_weights=True)
     digest = info.flavors[flavor.FLAVOR_NAME]["weights_digest"]
     tags = {
+        DIGEST_TAG: digest,
         "umm.parent_version": base.version,
         "umm.method": recipe.method,
         "umm.train_run_id": run_id,
         "umm.dataset_digest": dataset_digest,
-        DIGEST_TAG: digest,
         "umm.backbone": backbone.key,
         "umm.base_model": base.uri,
         "umm.train_step": str(step),
         "umm.train_final": str(final).lower(),
     }
     client = MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(base.name, version, key, value)
+    version = str(mlflow.register_model(info.model_uri, base.name, tags=tags).version)
+    first = find_version(base.name, digest)
+    if first is not None and str(first.version) != version:
+        log.info("%s version %s has the same weights (run %s): keeping it", base.name, first.version,
+                 first.tags.get("umm.train_run_id"))
+        client.delete_model_version(base.name, version)
+        version = str(first.version)
     if final and recipe.alias:
         client.set_registered_model_alias(base.name, recipe.alias, version)
     return version, digest

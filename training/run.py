@@ -49,6 +49,7 @@ from training.recipe import TrainRecipe
 from umm_harness.core.home import umm_home
 from umm_harness.config import flatten
 from umm_harness.core.errors import ConfigError
+from umm_harness.core.file_lock import exclusive
 from umm_harness.core.training import Trainable
 from umm_harness.model_registry import DIGEST_TAG
 from umm_harness.tracking import git_commit, log_batch
@@ -124,11 +125,17 @@ def train(recipe: TrainRecipe, *, stop_after_step: int | None = None) -> TrainRe
     exporting; calling `train` again with the same recipe resumes from the last checkpoint.
     """
     base = check_base(recipe)
-    if recipe.nproc > 1 and os.environ.get(WORKER_ENV) != "1":
-        from training.launch import launch_workers
+    if os.environ.get(WORKER_ENV) == "1":  # a rank the launcher below started: it holds the lock
+        return _train_in_process(recipe, base, stop_after_step)
+    # One training per checkpoint folder at a time: a second identical one waits, then reuses the result.
+    output_dir = Path(recipe.output_dir or default_output_dir(recipe, base)).expanduser().resolve()
+    with exclusive(output_dir.with_name(output_dir.name + ".lock"),
+                   waiting=f"another training is using {output_dir}; waiting for it to finish"):
+        if recipe.nproc > 1:
+            from training.launch import launch_workers
 
-        return launch_workers(recipe, stop_after_step=stop_after_step)
-    return _train_in_process(recipe, base, stop_after_step)
+            return launch_workers(recipe, stop_after_step=stop_after_step)
+        return _train_in_process(recipe, base, stop_after_step)
 
 
 def _previous_result(output_dir: Path, base: export.BaseVersion) -> TrainResult | None:
@@ -141,8 +148,8 @@ def _previous_result(output_dir: Path, base: export.BaseVersion) -> TrainResult 
         mv = MlflowClient().get_model_version(base.name, result.version)
     except MlflowException:
         return None
-    if mv.tags.get("umm.train_run_id") != result.run_id:
-        return None
+    if result.run_id != mv.tags.get("umm.train_run_id") and result.weights_digest != mv.tags.get(DIGEST_TAG):
+        return None  # the version is another model's now
     result.reused, result.seconds, result.train_seconds = True, 0.0, 0.0
     return result
 

@@ -51,6 +51,13 @@ def _detach_from_project_run() -> None:
         os.environ.pop(name, None)
 
 
+def _open_store() -> None:
+    """Every command that logs opens the store first (serialised creation, clear errors)."""
+    from umm_harness.store import open_store
+
+    open_store()
+
+
 def _params(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -107,6 +114,7 @@ def eval_command(recipe: str | None, guidance_scale: float | None, max_new_token
         raise ConfigError("--nnodes > 1 needs --rdzv-endpoint host:port (the same on every node)")
     if node_rank >= nnodes:
         raise ConfigError(f"--node-rank {node_rank} is not below --nnodes {nnodes}")
+    _open_store()
     if launch.distributed and "RANK" not in os.environ:
         sys.exit(relaunch(launch, _without_launch_options(click.get_current_context().obj["argv"])))
     summary = evaluate(loaded)
@@ -159,6 +167,8 @@ def infer_command(model: str, backbone: str | None, task_kind: str, prompt: str 
         if not image.is_file():
             raise ConfigError(f"--image '{image}' does not exist")
     params = _params({"seed": seed, "guidance_scale": guidance_scale, "max_new_tokens": max_new_tokens})
+    if track:
+        _open_store()
     try:
         from umm_harness.core.requests import InferenceRequest
 
@@ -191,7 +201,9 @@ def train_command(recipe: str | None, **flags: Any) -> None:
     from training.run import train
     from umm_harness.config import load_recipe
 
-    result = train(load_recipe(Path(recipe) if recipe else None, flags, TrainRecipe))
+    train_recipe = load_recipe(Path(recipe) if recipe else None, flags, TrainRecipe)
+    _open_store()
+    result = train(train_recipe)
     click.echo(f"run {result.run_id}: {result.registered_name} version {result.version} "
                f"(from version {result.parent_version}), {result.steps} steps, final loss {result.losses[-1]:.4f}")
 
@@ -206,7 +218,9 @@ def loop_command(recipe: str | None, **flags: Any) -> None:
     from umm_harness.loop import LoopRecipe, run_loop
 
     _detach_from_project_run()
-    result = run_loop(load_recipe(Path(recipe) if recipe else None, flags, LoopRecipe))
+    loop_recipe = load_recipe(Path(recipe) if recipe else None, flags, LoopRecipe)
+    _open_store()
+    result = run_loop(loop_recipe)
     click.echo(result.decision.comparison.table().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     for line in result.decision.reasons:
         click.echo(f"  {line}")
@@ -233,7 +247,9 @@ def compare_command(recipe: str | None, versions: str | None, **flags: Any) -> N
 
     _detach_from_project_run()
     overrides = {**flags, "versions": [v.strip() for v in versions.split(",") if v.strip()] if versions else None}
-    comparison = compare(load_recipe(Path(recipe) if recipe else None, overrides, CompareRecipe))
+    compare_recipe = load_recipe(Path(recipe) if recipe else None, overrides, CompareRecipe)
+    _open_store()
+    comparison = compare(compare_recipe)
     click.echo(comparison.table().to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     click.echo(f"comparison run {comparison.run_id}; eval runs: "
                + ", ".join(f"v{v}={r}" for v, r in comparison.eval_runs.items()))
@@ -259,6 +275,7 @@ def promote_command(recipe: str | None, gates: tuple[str, ...], max_regression: 
 
     _detach_from_project_run()
     promote_recipe = load_recipe(Path(recipe) if recipe else None, flags, PromoteRecipe)
+    _open_store()
     if history:
         for entry in promotion_history(promote_recipe.model_name):
             click.echo(f"{entry['time']}  v{entry['previous_champion']} -> v{entry['champion']}  "
@@ -320,10 +337,19 @@ def list_models() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from umm_harness import interrupts
+
+    interrupts.install()
     try:
         cli.main(args=argv, prog_name="umm", standalone_mode=False, obj={"argv": list(argv or sys.argv[1:])})
+    except interrupts.Interrupted as exc:
+        killed = interrupts.end_interrupted_runs(exc)
+        runs = f"; run(s) {', '.join(killed)} marked KILLED" if killed else ""
+        click.echo(f"umm: interrupted by {exc}{runs}; rerun the same command to resume", err=True)
+        sys.exit(exc.exit_code)
     except click.exceptions.Abort:
-        _fail("aborted")
+        click.echo("umm: interrupted", err=True)
+        sys.exit(130)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "umm"
         _fail(f"{command}: {exc.format_message()}")

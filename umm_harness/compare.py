@@ -29,6 +29,7 @@ from umm_harness.config import EvalRecipe, flatten
 from umm_harness.core.errors import ConfigError
 from umm_harness.evaluate import evaluate
 from umm_harness.runner import limit_samples
+from umm_harness.search_filters import quoted
 from umm_harness.tracking import log_batch, official
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class Comparison:
 
 
 def _latest_versions(name: str, count: int) -> list[str]:
-    versions = sorted((int(mv.version) for mv in MlflowClient().search_model_versions(f"name = '{name}'")))
+    versions = sorted((int(mv.version) for mv in MlflowClient().search_model_versions(f"name = {quoted(name)}")))
     if len(versions) < count:
         raise ConfigError(f"registered model '{name}' has {len(versions)} version(s); comparing needs {count}")
     return [str(v) for v in versions[-count:]]
@@ -100,8 +101,8 @@ def find_eval_run(name: str, version: str, suite: str, seed: int, limit: int | N
         search_all_experiments=True,
         output_format="list",
         filter_string=(
-            f"tags.`umm.model_name` = '{name}' and tags.`umm.model_version` = '{version}' "
-            f"and tags.`umm.suite` = '{suite}' and tags.`umm.seed` = '{seed}' "
+            f"tags.`umm.model_name` = {quoted(name)} and tags.`umm.model_version` = '{version}' "
+            f"and tags.`umm.suite` = {quoted(suite)} and tags.`umm.seed` = '{seed}' "
             f"and tags.`umm.limit` = '{limit or 'all'}' and tags.`umm.stage` = 'all' "
             f"and tags.`umm.harness_version` = '{umm_harness.__version__}' and attributes.status = 'FINISHED'"
         ),

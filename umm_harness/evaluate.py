@@ -31,6 +31,7 @@ from umm_harness.model_ref import ResolvedModel, resolve_model, resolve_register
 from umm_harness.model_registry import ensure_registered
 from umm_harness.ray_executor import RayExecutor
 from umm_harness.runner import BenchmarkResult, pending_outputs, run_benchmark
+from umm_harness.search_filters import quoted
 from umm_harness.tracking import git_commit, log_batch, log_benchmark, official
 
 log = logging.getLogger(__name__)
@@ -205,8 +206,8 @@ def _generate_run(recipe: EvalRecipe) -> Run:
     name, version, _ = resolve_registered(recipe.model)
     runs = mlflow.search_runs(
         search_all_experiments=True, output_format="list", order_by=["attributes.start_time DESC"],
-        filter_string=(f"tags.`umm.model_name` = '{name}' and tags.`umm.model_version` = '{version}' "
-                       f"and tags.`umm.suite` = '{recipe.suite}' and tags.`umm.seed` = '{recipe.seed}' "
+        filter_string=(f"tags.`umm.model_name` = {quoted(name)} and tags.`umm.model_version` = '{version}' "
+                       f"and tags.`umm.suite` = {quoted(recipe.suite)} and tags.`umm.seed` = '{recipe.seed}' "
                        f"and tags.`umm.limit` = '{recipe.limit or 'all'}' and attributes.status = 'FINISHED'"),
     )
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("umm.stage") != "score"]

@@ -54,6 +54,20 @@ class ResolvedModel:
             self.backbone.close()
 
 
+def check_registered_name(name: str) -> str:
+    """`name` if the registry takes it and a `models:/` URI and a search filter can name it again."""
+    from mlflow.utils.validation import _validate_model_name
+
+    try:
+        _validate_model_name(name)
+    except MlflowException as exc:
+        raise ConfigError(f"registered model name '{name}': {exc.message}; choose another with --register-as") from None
+    if "@" in name or ("'" in name and '"' in name) or name != name.strip() or not name.isprintable():
+        raise ConfigError(f"registered model name '{name}': '@', both quote characters, line breaks and "
+                          "surrounding spaces are not allowed; choose another with --register-as")
+    return name
+
+
 def resolve_registered(reference: str) -> tuple[str, str, dict[str, str]]:
     """(name, version, version tags) of a `models:/` reference, without loading anything."""
     match = re.fullmatch(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))", reference)
@@ -221,4 +235,6 @@ def resolve_model(
         raise ConfigError(f"model '{reference}': no such file or directory, and not a hub id, models:/ URI or tiny:<name>")
     if register_as and resolved.version is None:
         resolved.registered_name = register_as
+    if resolved.version is None:  # it will be registered under this name: refuse it now, not after the run
+        check_registered_name(resolved.registered_name)
     return resolved

@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from model_flavors import flavor
 from umm_harness.model_ref import ResolvedModel
+from umm_harness.search_filters import quoted
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ DIGEST_TAG = "umm.weights_digest"
 def find_version(name: str, digest: str) -> ModelVersion | None:
     client = MlflowClient()
     try:
-        versions = client.search_model_versions(f"name = '{name}'")
+        versions = client.search_model_versions(f"name = {quoted(name)}")
     except MlflowException:
         return None
     matches = [mv for mv in versions if mv.tags.get(DIGEST_TAG) == digest]

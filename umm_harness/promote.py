@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from umm_harness.compare import CompareRecipe, Comparison, compare
 from umm_harness.core.errors import ConfigError
+from umm_harness.search_filters import quoted
 from umm_harness.tracking import log_batch
 
 CHAMPION = "champion"
@@ -151,7 +152,7 @@ def promote(recipe: PromoteRecipe) -> Decision:
 def history(model_name: str) -> list[dict]:
     """Every promotion of `model_name`, oldest first."""
     runs = mlflow.search_runs(experiment_names=[PROMOTIONS_EXPERIMENT], output_format="list",
-                              filter_string=f"tags.`umm.model_name` = '{model_name}'",
+                              filter_string=f"tags.`umm.model_name` = {quoted(model_name)}",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         return []
