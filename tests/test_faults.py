@@ -249,9 +249,8 @@ _PENDING_THEN_WAIT = """
 import sys, time
 import mlflow
 from umm_harness import interrupts
-interrupts.install()
 mlflow.set_experiment("umm-eval")
-with mlflow.start_run():
+with interrupts.handled(), mlflow.start_run():
     mlflow.MlflowClient().create_logged_model(mlflow.active_run().info.experiment_id,
                                               source_run_id=mlflow.active_run().info.run_id)
     print("pending", flush=True)

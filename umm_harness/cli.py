@@ -339,9 +339,9 @@ def list_models() -> None:
 def main(argv: list[str] | None = None) -> None:
     from umm_harness import interrupts
 
-    interrupts.install()
     try:
-        cli.main(args=argv, prog_name="umm", standalone_mode=False, obj={"argv": list(argv or sys.argv[1:])})
+        with interrupts.handled():
+            cli.main(args=argv, prog_name="umm", standalone_mode=False, obj={"argv": list(argv or sys.argv[1:])})
     except interrupts.Interrupted as exc:
         killed = interrupts.end_interrupted_runs(exc)
         runs = f"; run(s) {', '.join(killed)} marked KILLED" if killed else ""

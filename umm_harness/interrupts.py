@@ -16,6 +16,8 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -69,12 +71,18 @@ def _raise(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
-def install() -> None:
-    """Turn terminate signals into `Interrupted` and tag the runs this process starts."""
+@contextmanager
+def handled() -> Iterator[None]:
+    """While inside: terminate signals raise `Interrupted`, and the runs started are tagged."""
     global _installed
-    for sig in _SIGNALS:
-        signal.signal(sig, _raise)
+    previous = {sig: signal.signal(sig, _raise) for sig in _SIGNALS}
     _installed = True
+    try:
+        yield
+    finally:
+        _installed = False
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _close(run_ids: list[str], why: str) -> list[str]:
