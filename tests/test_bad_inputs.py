@@ -183,6 +183,30 @@ def test_any_broken_recipe_file_is_one_line(workspace, capsys, text):
     _nothing_ran(workspace)
 
 
+_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+    for i in range(8))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("text", "fragment"), [
+    # a billion values from a 700-byte file, inside a free-form mapping
+    ("backbone_options:\n  " + _LAUGHS.replace("\n", "\n  ") + "all: *i\n", "more than 10000 values"),
+    ("task_options:\n  shapes:\n" + "".join(f"    option_{i}: {i}\n" for i in range(600)),
+     "field 'task_options': the recipe flattens to 610 MLflow params"),
+    ("backbone_options:\n  " + "k" * 300 + ": 1\n", "MLflow param names hold at most 250"),
+    ("backbone_options: " + "[" * 30 + "]" * 30 + "\n", "nested deeper than 20 levels"),
+    ("model: tiny:janus-pro\n" + "# padding\n" * 120_000, "a recipe holds at most 1000000"),
+])
+def test_free_form_recipe_mappings_are_bounded_and_checked_before_any_run(workspace, capsys, text, fragment):
+    path = workspace / "recipe.yaml"
+    path.write_text(text)
+    code, lines = _run(capsys, "eval", "--recipe", str(path))
+    _assert_one_line(code, lines, fragment)
+    _nothing_ran(workspace)
+
+
 INT_FLAGS = ["--limit", "--seed", "--threads", "--max-new-tokens"]
 
 

@@ -6,6 +6,7 @@ line naming the field (`ConfigError`), which the CLI turns into exit code 2.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -110,11 +111,50 @@ def _one_line(error: ValidationError, source: str) -> str:
     return f"{source}: field '{field}': {message}{more}"
 
 
+# Bounds on what a recipe may hold. Free-form mappings (backbone_options, task_options, ...) are
+# checked here too: YAML aliases can make a small file expand to billions of values, and every
+# value becomes an MLflow param (keys of at most 250 characters), so a recipe is walked (with a
+# budget) and flattened before it is accepted, never after a run has started.
+MAX_RECIPE_BYTES = 1_000_000
+MAX_VALUES = 10_000
+MAX_DEPTH = 20
+MAX_PARAMS = 500
+MAX_PARAM_KEY = 250
+
+
+def _check_size(values: Any, source: str) -> None:
+    budget, stack = MAX_VALUES, [(values, 0)]
+    while stack:
+        value, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise ConfigError(f"{source}: more than {MAX_VALUES} values (YAML aliases that expand?)")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{source}: nested deeper than {MAX_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else ()
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _check_params(recipe: BaseModel, source: str) -> None:
+    flat = flatten(recipe.model_dump(mode="json"), "recipe.")
+    if len(flat) > MAX_PARAMS:
+        largest = Counter(key.split(".")[1] for key in flat).most_common(1)[0][0]
+        raise ConfigError(f"{source}: field '{largest}': the recipe flattens to {len(flat)} MLflow params, "
+                          f"at most {MAX_PARAMS}")
+    for key in flat:
+        if len(key) > MAX_PARAM_KEY:
+            raise ConfigError(f"{source}: field '{key.removeprefix('recipe.')[:80]}...': a name of {len(key)} "
+                              f"characters; MLflow param names hold at most {MAX_PARAM_KEY}")
+
+
 def build_recipe(model_cls: type[BaseModel], values: dict[str, Any], source: str = "recipe"):
+    _check_size(values, source)
     try:
-        return model_cls.model_validate(values)
+        recipe = model_cls.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, source)) from None
+    _check_params(recipe, source)
+    return recipe
 
 
 def load_recipe(path: Path | None, overrides: dict[str, Any], model_cls: type[BaseModel] = EvalRecipe):
@@ -124,6 +164,9 @@ def load_recipe(path: Path | None, overrides: dict[str, Any], model_cls: type[Ba
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"recipe file '{path}' does not exist")
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise ConfigError(f"recipe file '{path}' is {path.stat().st_size} bytes; a recipe holds at most "
+                              f"{MAX_RECIPE_BYTES}")
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:

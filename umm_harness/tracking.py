@@ -67,15 +67,18 @@ def git_commit() -> str:
 
 def log_batch(metrics: dict[str, float] | None = None, params: dict[str, str] | None = None,
               tags: dict[str, str] | None = None) -> None:
-    """Metrics, params and tags of the active run in one request."""
+    """Metrics, params and tags of the active run in as few requests as MLflow allows (one
+    request takes at most 100 params and 100 tags)."""
     run_id = mlflow.active_run().info.run_id
     now = int(time.time() * 1000)
-    mlflow.MlflowClient().log_batch(
-        run_id,
-        metrics=[Metric(key, float(value), now, 0) for key, value in (metrics or {}).items()],
-        params=[Param(key, value[:6000]) for key, value in (params or {}).items()],
-        tags=[RunTag(key, str(value)) for key, value in (tags or {}).items()],
-    )
+    param_list = [Param(key, value[:6000]) for key, value in (params or {}).items()]
+    tag_list = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+    for start in range(0, max(len(param_list), len(tag_list), 1), 100):
+        mlflow.MlflowClient().log_batch(
+            run_id,
+            metrics=[Metric(key, float(value), now, 0) for key, value in (metrics or {}).items()] if not start else [],
+            params=param_list[start:start + 100], tags=tag_list[start:start + 100],
+        )
 
 
 def prefixed(benchmark: str, metrics: dict[str, float]) -> dict[str, float]:
