@@ -1,6 +1,7 @@
 """Wrong recipes and arguments: exit code 2, one readable line on stderr, nothing run."""
 
 import subprocess
+import time
 
 import pytest
 
@@ -40,6 +41,11 @@ def _one_line_error(result, *fragments: str) -> None:
     (["infer", "--task", "editing", "--prompt", "x"], ["editing needs a prompt and at least one image"]),
     (["infer", "--task", "generation", "--prompt", "x", "--image", "nope.png"], ["--image 'nope.png' does not exist"]),
     (["models", "init-tiny", "dragon"], ["no tiny model named 'dragon'"]),
+    (["eval", "--device", "banana"], ["field 'device'", "not a device torch knows"]),
+    (["eval", "--device", "cuda:7"], ["field 'device'", "device 'cuda:7'"]),
+    (["infer", "--task", "generation", "--prompt", "x", "--out", "no/such/dir/x.png"],
+     ["--out 'no/such/dir/x.png': folder 'no/such/dir' does not exist"]),
+    (["infer", "--task", "generation", "--prompt", "x", "--out", "."], ["--out '.' is a folder"]),
 ])
 def test_bad_arguments_exit_2_with_one_line(workspace, capsys, args, fragments):
     _one_line_error(_run_in_process(capsys, *args), *fragments)
@@ -68,3 +74,24 @@ def test_unsupported_task_in_infer_is_a_clear_error(workspace, capsys):
     Image.new("RGB", (8, 8)).save(workspace / "a.png")
     _one_line_error(_run_in_process(capsys, "infer", "--task", "editing", "--prompt", "bluer", "--image", "a.png"),
                     "janus_pro' cannot do 'editing'")
+
+
+def test_umm_home_pointing_at_a_file_is_one_line(workspace, capsys, monkeypatch):
+    (workspace / "a-file").write_text("not a folder")
+    for home in ("a-file", "a-file/below"):
+        monkeypatch.setenv("UMM_HOME", str(workspace / home))
+        _one_line_error(_run_in_process(capsys, "eval", "--limit", "1"), "UMM_HOME", "is a file, not a folder")
+
+
+def test_a_hub_model_that_cannot_be_downloaded_is_one_line_without_retrying(workspace, tmp_path):
+    """No hub here: the endpoint is a closed local port (refused at once), the cache is empty."""
+    from umm_harness.core.ports import free_port
+
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HOME": str(tmp_path / "hf_home")}
+    started = time.monotonic()
+    result = umm("eval", "--model", "deepseek-community/Janus-Pro-1B", "--limit", "1", cwd=workspace, env=env)
+    _one_line_error(result, "not in the local Hugging Face cache", "cannot be reached", env["HF_ENDPOINT"])
+    assert time.monotonic() - started < 90  # transformers alone retries for about a minute, then OSError
+    offline = umm("eval", "--model", "deepseek-community/Janus-Pro-1B", cwd=workspace, env={**env, "HF_HUB_OFFLINE": "1"})
+    _one_line_error(offline, "HF_HUB_OFFLINE")
+

@@ -28,6 +28,7 @@ def _setup_logging(verbose: bool) -> None:
 
     transformers.logging.set_verbosity_error()  # its generation-config chatter is not for our users
     if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # store migrations etc.
     from umm_harness.runner import progress_enabled
 
@@ -166,6 +167,10 @@ def infer_command(model: str, backbone: str | None, task_kind: str, prompt: str 
     for image in images:
         if not image.is_file():
             raise ConfigError(f"--image '{image}' does not exist")
+    if out is not None and not out.parent.is_dir():
+        raise ConfigError(f"--out '{out}': folder '{out.parent}' does not exist")
+    if out is not None and out.is_dir():
+        raise ConfigError(f"--out '{out}' is a folder; give a file name (e.g. {out / 'image.png'})")
     params = _params({"seed": seed, "guidance_scale": guidance_scale, "max_new_tokens": max_new_tokens})
     if track:
         _open_store()

@@ -93,6 +93,16 @@ class EvalRecipe(BaseModel):
             raise ValueError("must not be empty")
         return value.strip()
 
+    @field_validator("device")
+    @classmethod
+    def _device_exists(cls, value: str) -> str:
+        from umm_harness.core.acceleration import check_device
+
+        try:
+            return check_device(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("data_dir")
     @classmethod
     def _data_dir_exists(cls, value: Path | None) -> Path | None:

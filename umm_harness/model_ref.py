@@ -164,6 +164,31 @@ def _tiny(name: str, place: Callable[..., tuple[Any, str, Path | None]]) -> Reso
                          model_folder=served_from)
 
 
+def _check_hub(repo_id: str, revision: str | None) -> None:
+    """A hub model must be in the local cache or downloadable: one short request says which, where
+    `from_pretrained` would retry for a minute and end in an OSError deep inside transformers."""
+    import huggingface_hub
+    import requests
+    from huggingface_hub import constants
+
+    if any(isinstance(huggingface_hub.try_to_load_from_cache(repo_id, name, revision=revision), str)
+           for name in ("config.json", "model_index.json")):
+        return
+    where = f"model '{repo_id}' is not in the local Hugging Face cache"
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(f"{where} and HF_HUB_OFFLINE is set; download it first, or pass a local folder")
+    token = huggingface_hub.get_token()
+    url = f"{constants.ENDPOINT}/api/models/{repo_id}/revision/{revision or 'main'}"
+    try:
+        answer = requests.get(url, timeout=10, headers={"Authorization": f"Bearer {token}"} if token else {})
+    except requests.RequestException as exc:
+        raise ConfigError(f"{where} and the hub ({constants.ENDPOINT}) cannot be reached "
+                          f"({type(exc).__name__}); download it where there is network, or pass a local folder") from None
+    if answer.status_code in (401, 403, 404):
+        raise ConfigError(f"model '{repo_id}' (revision {revision or 'main'}) is not on the hub at {constants.ENDPOINT}, "
+                          "or is gated: check the id, or log in (HF_TOKEN)")
+
+
 def resolve_model(
     reference: str,
     *,
@@ -226,6 +251,7 @@ def resolve_model(
                                  re.sub(r"[^a-z0-9-]+", "-", reference.split("://", 1)[1].lower()).strip("-"))
     elif _HUB_ID.match(reference) and not reference.startswith((".", "~")):
         cls = backbone_class(backbone or infer_backbone(reference))
+        _check_hub(reference, revision)
         digest = flavor.reference_digest(reference, revision)
         loaded, manager, served_from = place(cls, reference, digest, revision=revision, copy_weights=False,
                                              options=options)
