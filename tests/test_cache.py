@@ -1,10 +1,12 @@
 """Score records kept beside the outputs: reused only for the same scorer and the very same outputs."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tasks.shapes import ShapesTask
 from umm_harness.cache import ResultCache, scorer_identity
+from umm_harness.tracking import official
 
 
 def _cache_with_one_image(folder) -> ResultCache:
@@ -55,3 +57,28 @@ def test_the_scorer_identity_names_the_task_its_scorer_and_the_judge(monkeypatch
     assert with_env_judge != before
     monkeypatch.setenv("UMM_JUDGE_API_KEY", "secret")  # credentials are no part of it
     assert scorer_identity(shapes) == with_env_judge
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "missing"])
+def test_an_empty_truncated_or_missing_cached_image_is_computed_again(tmp_path, damage):
+    _cache_with_one_image(tmp_path)
+    (image,) = (tmp_path / "images").glob("*.png")
+    if damage == "missing":
+        image.unlink()
+    else:
+        image.write_bytes(b"" if damage == "empty" else image.read_bytes()[:-20])
+    assert ("s1", 0) not in ResultCache(tmp_path)
+
+
+def test_an_evaluation_recomputes_a_damaged_cached_image_and_logs_a_whole_one(workspace):
+    from umm_harness.config import EvalRecipe
+    from umm_harness.evaluate import evaluate
+
+    first = evaluate(EvalRecipe(limit=6, threads=1))
+    generated = [p for p in (workspace / "umm_home" / "cache").rglob("images/*.png")]
+    generated[0].write_bytes(generated[0].read_bytes()[: generated[0].stat().st_size // 2])
+    second = evaluate(EvalRecipe(limit=6, threads=1))
+    assert second.results["shapes"].computed == 1
+    assert official(second.metrics) == official(first.metrics)
+    with Image.open(generated[0]) as again:
+        again.load()  # whole again

@@ -82,6 +82,9 @@ def scorer_identity(task: Task, judge: Any = None) -> str:
                            scorer=getattr(task, "scorer_id", None), source=_tasks_source_digest(), judge=judge)
 
 
+_PNG_END = b"IEND\xaeB`\x82"  # the last 8 bytes of every complete PNG file
+
+
 class CachedOutput(BaseModel):
     sample_id: str
     k: int
@@ -117,8 +120,23 @@ class ResultCache:
                     except ValueError:
                         log.warning("%s:%d: ignoring a torn or corrupt line", log_path, line_number)
                         continue
-                    if all((self.images_dir / name).is_file() for name in entry.images):
+                    if all(self._complete_png(name) for name in entry.images):
                         self._entries[(entry.sample_id, entry.k)] = entry
+
+    def _complete_png(self, name: str) -> bool:
+        """The image file exists and ends with PNG's IEND chunk: a zero-byte or truncated file (a full
+        disk, a crash before the page cache reached the disk) is recomputed, never logged."""
+        path = self.images_dir / name
+        try:
+            with path.open("rb") as handle:
+                handle.seek(-len(_PNG_END), os.SEEK_END)
+                if handle.read() == _PNG_END:
+                    return True
+        except OSError:  # missing, or shorter than the trailer
+            if not path.exists():
+                return False
+        log.warning("%s: empty or truncated image; its output is computed again", path)
+        return False
 
     def __contains__(self, item: tuple[str, int]) -> bool:
         return item in self._entries
