@@ -46,6 +46,7 @@ def _one_line_error(result, *fragments: str) -> None:
     (["infer", "--task", "generation", "--prompt", "x", "--out", "no/such/dir/x.png"],
      ["--out 'no/such/dir/x.png': folder 'no/such/dir' does not exist"]),
     (["infer", "--task", "generation", "--prompt", "x", "--out", "."], ["--out '.' is a folder"]),
+    (["promote", "--model-name", "nobody", "--history"], ["registered model 'nobody' does not exist"]),
 ])
 def test_bad_arguments_exit_2_with_one_line(workspace, capsys, args, fragments):
     _one_line_error(_run_in_process(capsys, *args), *fragments)

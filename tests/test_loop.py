@@ -38,4 +38,10 @@ def test_a_better_version_is_promoted_and_a_worse_one_refused(workspace, tmp_pat
 
     (entry,) = history("janus-pro-tiny")
     assert (entry["champion"], entry["previous_champion"], entry["compared_against"]) == ("2", None, "1")
+    assert client.get_run(entry["promotion_run"]).data.tags["umm.champion"] == "2"  # a real run
+    capsys.readouterr()
+    main(["promote", "--history"])
+    (line,) = capsys.readouterr().out.splitlines()
+    assert f"(no champion) -> v2  promotion run {entry['promotion_run']}, comparison run " in line
+    assert entry["comparison_run"] in line and "None" not in line and "?" not in line
     assert client.get_model_version("janus-pro-tiny", "2").tags["umm.promoted_over"] == "None"

@@ -282,9 +282,14 @@ def promote_command(recipe: str | None, gates: tuple[str, ...], max_regression: 
     promote_recipe = load_recipe(Path(recipe) if recipe else None, flags, PromoteRecipe)
     _open_store()
     if history:
-        for entry in promotion_history(promote_recipe.model_name):
-            click.echo(f"{entry['time']}  v{entry['previous_champion']} -> v{entry['champion']}  "
-                       f"(run {entry.get('promotion_run', '?')})")
+        entries = promotion_history(promote_recipe.model_name)
+        if not entries:
+            click.echo(f"{promote_recipe.model_name}: no promotion yet")
+        for entry in entries:
+            previous = f"v{entry['previous_champion']}" if entry.get("previous_champion") else "(no champion)"
+            click.echo(f"{entry['time']}  {previous} -> v{entry['champion']}  "
+                       f"promotion run {entry.get('promotion_run', 'not recorded')}, "
+                       f"comparison run {entry.get('comparison_run', 'not recorded')}")
         return
     gate = promote_recipe.gate
     if gates:
@@ -362,6 +367,26 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc))
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - only a tracking server that stopped answering is turned into a line
+        if not _server_unreachable(exc):
+            raise
+        import shlex
+
+        import mlflow
+
+        reason = "connection refused" if "Connection refused" in str(exc) else str(exc).splitlines()[0][-160:]
+        command = shlex.join(["umm", *(argv if argv is not None else sys.argv[1:])])
+        _fail(f"the tracking server {mlflow.get_tracking_uri()} did not answer after MLflow's retries ({reason}); "
+              f"finished work is cached: once it is back, resume with `{command}`")
+
+
+def _server_unreachable(exc: BaseException) -> bool:
+    """MLflow's REST client gave up on the tracking server (its message names the request)."""
+    from mlflow.exceptions import MlflowException
+
+    return isinstance(exc, MlflowException) and str(exc).startswith("API request to ") and \
+        any(sign in str(exc) for sign in ("Max retries exceeded", "Connection refused", "Connection aborted",
+                                          "Read timed out", "Failed to establish"))
 
 
 if __name__ == "__main__":

@@ -150,7 +150,11 @@ def promote(recipe: PromoteRecipe) -> Decision:
 
 
 def history(model_name: str) -> list[dict]:
-    """Every promotion of `model_name`, oldest first."""
+    """Every promotion of `model_name`, oldest first; a name that is not registered is a `ConfigError`."""
+    try:
+        MlflowClient().get_registered_model(model_name)
+    except MlflowException:
+        raise ConfigError(f"registered model '{model_name}' does not exist") from None
     runs = mlflow.search_runs(experiment_names=[PROMOTIONS_EXPERIMENT], output_format="list",
                               filter_string=f"tags.`umm.model_name` = {quoted(model_name)}",
                               order_by=["attributes.start_time DESC"], max_results=1)
@@ -171,13 +175,13 @@ def _record(client: MlflowClient, recipe: PromoteRecipe, decision: Decision) -> 
              "champion": decision.candidate, "previous_champion": previous, "compared_against": decision.champion,
              "gate": recipe.gate.model_dump(), "reasons": decision.reasons,
              "comparison_run": decision.comparison.run_id}
-    log_lines = [*history(recipe.model_name), entry]
+    earlier = history(recipe.model_name)
     mlflow.set_experiment(PROMOTIONS_EXPERIMENT)
     with mlflow.start_run(run_name=f"{recipe.model_name}: v{previous} -> v{decision.candidate}") as run:
+        entry["promotion_run"] = run.info.run_id  # before it is written: the log names every promotion's run
         log_batch(tags={"umm.model_name": recipe.model_name, "umm.champion": decision.candidate,
                         "umm.previous_champion": str(previous)})
-        mlflow.log_text("".join(json.dumps(line) + "\n" for line in log_lines), "promotion_log.jsonl")
-        entry["promotion_run"] = run.info.run_id
+        mlflow.log_text("".join(json.dumps(line) + "\n" for line in [*earlier, entry]), "promotion_log.jsonl")
     client.set_registered_model_alias(recipe.model_name, CHAMPION, decision.candidate)
     client.set_model_version_tag(recipe.model_name, decision.candidate, "umm.promoted_at", entry["time"])
     client.set_model_version_tag(recipe.model_name, decision.candidate, "umm.promoted_over", str(previous))
