@@ -283,7 +283,9 @@ class UmmPyfuncModel:
                 outputs[i] = {"text": result.text, "images": [encode_png(img) for img in result.images],
                               "params": result.params.model_dump_json(exclude_none=True),
                               "elapsed_s": result.elapsed_s}
-        return pd.DataFrame(outputs, columns=["text", "images", "params", "elapsed_s"])
+        # object columns: a missing text stays None (JSON null); a string column would turn it into NaN,
+        # which MLflow's scoring server writes as a bare `NaN` that strict JSON parsers refuse
+        return pd.DataFrame(outputs, columns=["text", "images", "params", "elapsed_s"], dtype=object)
 
 
 def _present(value: Any) -> Any:

@@ -119,3 +119,27 @@ def test_log_and_register_then_load_by_models_uri(tiny_janus, workspace):
     expected = flavor.UmmPyfuncModel(tiny_janus).predict(pd.DataFrame([question]))["text"].iloc[0]
     pyfunc = mlflow.pyfunc.load_model("models:/janus-pro-tiny/1")
     assert pyfunc.predict(pd.DataFrame([question]))["text"].iloc[0] == expected
+
+
+def test_mixed_rows_answer_strict_json_as_the_scoring_server_writes_it(tiny_janus, tmp_path):
+    """A generation row has no text: it must be JSON null, not a bare NaN (which strict parsers,
+    e.g. JavaScript's JSON.parse, refuse). MLflow's scoring server parses and writes with these
+    two functions; a real server round trip is in tests/test_serve.py."""
+    import io
+
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data, predictions_to_json
+
+    flavor.save_model(tiny_janus, tmp_path / "m")
+    model = mlflow.pyfunc.load_model(str(tmp_path / "m"))
+    payload = {"dataframe_records": [{"task": "generation", "prompt": "a red circle", "images": []},
+                                     {"task": "understanding", "prompt": "which shape?", "images": []}]}
+    out = io.StringIO()
+    predictions_to_json(model.predict(infer_and_parse_data(payload, model.metadata.get_input_schema()),
+                                      params={"seed": 1, "max_new_tokens": 2}), out)
+
+    def refuse(constant: str):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    generated, answered = json.loads(out.getvalue(), parse_constant=refuse)["predictions"]
+    assert generated["text"] is None and len(generated["images"]) == 1
+    assert isinstance(answered["text"], str) and answered["images"] == []
