@@ -143,3 +143,18 @@ def test_mixed_rows_answer_strict_json_as_the_scoring_server_writes_it(tiny_janu
     generated, answered = json.loads(out.getvalue(), parse_constant=refuse)["predictions"]
     assert generated["text"] is None and len(generated["images"]) == 1
     assert isinstance(answered["text"], str) and answered["images"] == []
+
+
+def test_a_param_the_adapter_refuses_is_a_400_with_its_reason_and_no_stack_trace(tiny_janus, tmp_path):
+    """Through MLflow's own request handler (what `mlflow models serve` runs), in this process."""
+    from mlflow.pyfunc.scoring_server import invocations
+
+    flavor.save_model(tiny_janus, tmp_path / "m")
+    model = mlflow.pyfunc.load_model(str(tmp_path / "m"))
+    body = json.dumps({"dataframe_records": [{"task": "generation", "prompt": "a red circle", "images": []}],
+                       "params": {"image_size": 16}})
+    with pytest.raises(MlflowException) as raised:  # the server's wrapper answers it as JSON
+        invocations(body, "application/json", model, model.metadata.get_input_schema())
+    error = json.loads(raised.value.serialize_as_json())
+    assert raised.value.get_http_status_code() == 400 and "64px images only" in error["message"], error
+    assert "stack_trace" not in error, error
