@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import shutil
 from functools import partial
 import sys
@@ -36,6 +37,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array
+from PIL import Image as PILImage
 from pydantic import BaseModel, ValidationError
 
 import model_flavors
@@ -229,6 +231,35 @@ def _base64_bytes(value: Any, row_index: int, index: int) -> bytes:
         raise _invalid(f"row {row_index}: images[{index}]: not valid base64 (send images as base64 PNG/JPEG)") from None
 
 
+# What one served request may ask for. A scoring worker computes a request to the end even after
+# the client gave up, so a 10 MB prompt or max_new_tokens=10**9 would hold it for minutes.
+SERVE_LIMITS = {"prompt_chars": 16_000, "images_per_row": 8, "image_pixels": 4096 * 4096,
+                "max_new_tokens": 4096, "steps": 500, "image_size": 2048}
+
+
+def _check_served_params(params: InferenceParams) -> None:
+    for name in ("max_new_tokens", "steps", "image_size"):
+        value = getattr(params, name)
+        if value is not None and value > SERVE_LIMITS[name]:
+            raise _invalid(f"params: {name}: {value} is above the served limit {SERVE_LIMITS[name]}")
+
+
+def _check_served_row(row_index: int, prompt: Any, images: list[bytes]) -> None:
+    if isinstance(prompt, str) and len(prompt) > SERVE_LIMITS["prompt_chars"]:
+        raise _invalid(f"row {row_index}: prompt has {len(prompt)} characters; at most {SERVE_LIMITS['prompt_chars']}")
+    if len(images) > SERVE_LIMITS["images_per_row"]:
+        raise _invalid(f"row {row_index}: {len(images)} images; at most {SERVE_LIMITS['images_per_row']}")
+    for index, data in enumerate(images):
+        try:
+            with PILImage.open(io.BytesIO(data)) as image:  # reads the header only
+                width, height = image.size
+        except Exception:  # noqa: BLE001 - not an image: the request's own validation names it
+            continue
+        if width * height > SERVE_LIMITS["image_pixels"]:
+            raise _invalid(f"row {row_index}: images[{index}] is {width}x{height}; at most "
+                           f"{SERVE_LIMITS['image_pixels']} pixels")
+
+
 class UmmPyfuncModel:
     """The pyfunc face of a backbone: DataFrame rows in, text and base64 PNGs out."""
 
@@ -242,14 +273,17 @@ class UmmPyfuncModel:
             base = InferenceParams(**{k: v for k, v in params.items() if v is not None})
         except ValidationError as exc:
             raise _invalid(f"params: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from None
+        _check_served_params(base)
         requests = []
         for row_index, row in enumerate(frame.to_dict("records")):
             images = [_base64_bytes(value, row_index, index)
                       for index, value in enumerate(_present(row.get("images")) or [])]
             prompt = _present(row.get("prompt"))
+            _check_served_row(row_index, prompt, images)
             params = base.model_copy(update={"seed": None if base.seed is None else base.seed + row_index})
             if (own := _present(row.get("params"))) is not None:
                 params = _row_params(own, row_index).merged_over(params)
+                _check_served_params(params)
             try:
                 request = InferenceRequest(task=row["task"], prompt=prompt, images=images, params=params)
             except ValidationError as exc:

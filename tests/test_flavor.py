@@ -101,6 +101,15 @@ def test_pyfunc_rows_get_consecutive_seeds(tiny_janus):
      "cannot do 'editing'"),
     ([{"task": "generation", "prompt": "x"}], {"guidance_scale": -1.0}, "params: guidance_scale"),
     ([{"prompt": "x"}], {}, "missing the required column 'task'"),
+    # sizes a served request may not ask for: one request must not hold a worker for minutes
+    ([{"task": "generation", "prompt": "x" * 16_001}], {}, "row 0: prompt has 16001 characters; at most 16000"),
+    ([{"task": "understanding", "prompt": "x", "images": [encode_png(Image.new("RGB", (4, 4)))] * 9}], {},
+     "row 0: 9 images; at most 8"),
+    ([{"task": "understanding", "prompt": "x", "images": [encode_png(Image.new("1", (5000, 4000)))]}], {},
+     r"row 0: images\[0\] is 5000x4000"),
+    ([{"task": "understanding", "prompt": "x"}], {"max_new_tokens": 10**6}, "max_new_tokens: 1000000 is above"),
+    ([{"task": "generation", "prompt": "x"}], {"image_size": 100_000}, "image_size: 100000 is above"),
+    ([{"task": "generation", "prompt": "x"}], {"steps": 10**4}, "steps: 10000 is above"),
 ])
 def test_bad_rows_raise_invalid_parameter_errors(tiny_janus, rows, params, message):
     with pytest.raises(MlflowException, match=message) as caught:
