@@ -47,6 +47,7 @@ class JanusPro(Backbone, Trainable):
     notes: ClassVar[str] = "Janus 1.3B, Janus-Pro 1B and 7B (transformers-format checkpoints)"
     tunable_attention: ClassVar[bool] = True
     objectives: ClassVar[frozenset[str]] = frozenset({"understanding", "generation", "reconstruction"})
+    frozen_groups: ClassVar[tuple[str, ...]] = ("image_tokenizer",)
 
     def __init__(self, model: JanusForConditionalGeneration, processor: JanusProcessor, info: ModelInfo):
         self.model = model.eval()

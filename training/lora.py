@@ -27,7 +27,7 @@ def lora_config(recipe: TrainRecipe) -> LoraConfig:
 
 
 def prepare(backbone: Trainable, recipe: TrainRecipe) -> PeftModel:
-    backbone.freeze("image_tokenizer")
+    backbone.freeze(*backbone.frozen_groups)
     try:
         return get_peft_model(backbone.model, lora_config(recipe))
     except ValueError as exc:  # e.g. target modules that match nothing

@@ -8,7 +8,9 @@ will do, here the training split's understanding images. Dense semantic embeddin
 richer "prompt" than a short caption, so this aligns what the model sees with what it draws.
 
 The understanding encoder stays fixed by default (`reca.train_understanding_encoder`), so it
-acts as the target-side semantic reference; the image tokenizer (VQ) is always frozen. Other
+acts as the target-side semantic reference (and with it, on a mixture-of-transformers backbone such
+as BAGEL, the understanding expert: only the generation expert trains, as in RecA on BAGEL); the
+image-target encoder (VQ, VAE) is always frozen. Other
 objectives (e.g. `understanding`) can be mixed in through the recipe's `objectives`.
 """
 
@@ -22,9 +24,11 @@ from umm_harness.core.training import Trainable
 
 
 def prepare(backbone: Trainable, recipe: TrainRecipe) -> nn.Module:
-    backbone.freeze("image_tokenizer")
+    backbone.freeze(*backbone.frozen_groups)
     if not recipe.reca.train_understanding_encoder:
         backbone.freeze("vision_encoder")
+        if "understanding_expert" in backbone.parameter_groups():  # a mixture-of-transformers backbone (BAGEL)
+            backbone.freeze("understanding_expert")
     return backbone.model
 
 

@@ -1,7 +1,7 @@
 """`sft`: full fine-tuning.
 
-Every weight trains except the image tokenizer (for Janus, the VQ model), which stays frozen:
-the generation objective's targets are its codes, so moving it would move the targets. The
+Every weight trains except the encoder of generation targets (`Trainable.frozen_groups`: Janus'
+VQ model, BAGEL's VAE), which stays frozen: moving it would move the targets. The
 objectives are the recipe's (`understanding` by default, `generation` on request; see
 `training.objectives`). Export puts the trained state dict back into a fresh copy of the base
 model.
@@ -17,7 +17,7 @@ from umm_harness.core.training import Trainable
 
 def prepare(backbone: Trainable, recipe: TrainRecipe) -> nn.Module:
     """The module whose trainable parameters the optimizer gets."""
-    backbone.freeze("image_tokenizer")
+    backbone.freeze(*backbone.frozen_groups)
     return backbone.model
 
 

@@ -43,6 +43,7 @@ class TokenSet:
     labels: list[torch.Tensor] | None = None  # text objectives only
     pixel_values: torch.Tensor | None = None  # [N, 3, H, W], understanding encoder input
     codes: torch.Tensor | None = None  # [N, num_image_tokens] image-token targets
+    latents: torch.Tensor | None = None  # [N, C, h, w] continuous (VAE) image targets, flow-matching backbones
     pad_id: int = 0
 
     def __len__(self) -> int:
@@ -69,6 +70,8 @@ class TokenSet:
             batch["codes"] = self.codes[indices]
         if self.pixel_values is not None:
             batch["pixel_values"] = self.pixel_values[indices]
+        if self.latents is not None:
+            batch["latents"] = self.latents[indices]
         return batch
 
 
@@ -77,6 +80,9 @@ class Trainable(ABC):
 
     # The losses `loss` computes, by objective name (e.g. understanding, generation, reconstruction).
     objectives: ClassVar[frozenset[str]]
+    # Groups every method keeps frozen: the encoder of the generation targets (VQ model, VAE), since
+    # moving it would move the targets.
+    frozen_groups: ClassVar[tuple[str, ...]]
     model: nn.Module  # the module whose parameters train
 
     @property
