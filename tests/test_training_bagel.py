@@ -1,0 +1,172 @@
+"""Post-training BAGEL (tiny random weights, its real upstream code from ../shared/upstream/bagel):
+the same methods as Janus through the training contract, BAGEL's own objective (text CE +
+flow-matching MSE on VAE latents) over packed sequence plans."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from model_flavors import flavor
+from umm_harness.core.training import Example
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKOUT = REPO.parent / "shared" / "upstream" / "bagel"
+NAME = "bagel-tiny"
+
+pytestmark = pytest.mark.skipif(not (CHECKOUT / "inferencer.py").is_file(),
+                                reason=f"no BAGEL checkout at {CHECKOUT} (the upstream-backbones tests need it too)")
+
+FIXED = {"model": f"models:/{NAME}/1", "steps": 6, "batch_size": 4, "lr": 2e-3, "warmup_steps": 0,
+         "min_lr_ratio": 1.0, "cfg_dropout": 0.0, "data": {"num_understanding": 4, "num_generation": 4},
+         "checkpoint_every": 0, "log_every": 2, "threads": 1}
+
+
+def recipe(**values):
+    from training.recipe import train_recipe
+
+    return train_recipe(**{**FIXED, **values})
+
+
+def _forget_upstream_modules() -> None:
+    for name in [n for n in sys.modules if n.split(".")[0] in ("inferencer", "data", "modeling")]:
+        del sys.modules[name]
+    if str(CHECKOUT.resolve()) in sys.path:
+        sys.path.remove(str(CHECKOUT.resolve()))
+
+
+@pytest.fixture(scope="module")
+def tiny_bagel_dir(tmp_path_factory):
+    from model_flavors.bagel_tiny import build_tiny
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    folder = build_tiny(tmp_path_factory.mktemp("bagel") / "tiny-bagel", seed=0, repo_path=CHECKOUT)
+    yield folder
+    torch.set_num_threads(before)
+    _forget_upstream_modules()  # the stand-in checkouts of test_bagel.py use the same top-level names
+
+
+@pytest.fixture
+def tiny_bagel(tiny_bagel_dir):
+    from model_flavors.bagel import Bagel
+
+    return Bagel.load(str(tiny_bagel_dir), dtype="float32", device="cpu")
+
+
+@pytest.fixture
+def base(workspace, tiny_bagel):
+    """The tiny BAGEL (fp32, CPU) registered as version 1 of `bagel-tiny`."""
+    mlflow.set_experiment("base")
+    with mlflow.start_run():
+        flavor.log_model(tiny_bagel, registered_model_name=NAME)
+    return workspace
+
+
+def _weights(backbone) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in backbone.model.state_dict().items()}
+
+
+def _square(color: str):
+    from PIL import Image
+
+    image = Image.new("RGB", (64, 64), (255, 255, 255))
+    image.paste(color, (16, 16, 48, 48))
+    return image
+
+
+# -- the contract ------------------------------------------------------------------------------
+
+
+def test_parameter_groups_split_the_mixture_of_transformers(tiny_bagel):
+    groups = tiny_bagel.parameter_groups()
+    names = {group: {id(p) for module in modules for p in module.parameters()} for group, modules in groups.items()}
+    model_params = {id(p) for p in tiny_bagel.model.parameters()}
+    # the three model groups cover the model exactly once; the VAE is outside it
+    assert names["understanding_expert"] | names["generation_expert"] | names["vision_encoder"] == model_params
+    assert not names["understanding_expert"] & names["generation_expert"]
+    assert not names["vae"] & model_params
+    gen = {n for n, p in tiny_bagel.model.named_parameters() if id(p) in names["generation_expert"]}
+    assert "language_model.model.layers.0.self_attn.q_proj_moe_gen.weight" in gen and "llm2vae.weight" in gen
+    assert not any("moe_gen" in n for n, p in tiny_bagel.model.named_parameters()
+                   if id(p) in names["understanding_expert"])
+
+
+def test_each_objective_reaches_only_its_branches(tiny_bagel):
+    """CE trains the understanding path (no VAE-branch gradient); flow matching trains the generation
+    expert (the LM head gets none); reconstruction's condition is the ViT view."""
+    model = tiny_bagel.model.train()
+    tiny_bagel.freeze("vae")
+    understanding = [Example(f"u{i}", "understanding", "What color is the square?", _square(c), answer=c)
+                     for i, c in enumerate(["red", "blue"])]
+    generation = [Example(f"g{i}", "generation", f"a {c} square", _square(c)) for i, c in enumerate(["red", "blue"])]
+    grads = {}
+    for objective, examples in [("understanding", understanding), ("generation", generation),
+                                ("reconstruction", understanding)]:
+        model.zero_grad(set_to_none=True)
+        batch = tiny_bagel.encode(examples, objective, prompt="Describe the image.").collate([0, 1])
+        loss = tiny_bagel.loss(model, objective, batch)
+        assert torch.isfinite(loss) and loss > 0
+        loss.backward()
+        grads[objective] = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert "language_model.lm_head.weight" in grads["understanding"]
+    assert not any(n.startswith("llm2vae") for n in grads["understanding"])
+    assert "llm2vae.weight" in grads["generation"] and "language_model.lm_head.weight" not in grads["generation"]
+    assert not any(n.startswith("vit_model") for n in grads["generation"])
+    assert any(n.startswith("vit_model") for n in grads["reconstruction"])
+
+
+def test_a_dropped_prompt_leaves_its_text_out(tiny_bagel):
+    examples = [Example("g0", "generation", "a red square", _square("red"))]
+    batch = tiny_bagel.encode(examples, "generation").collate([0])
+    dropped = {**batch, "input_ids": tiny_bagel.unconditional_ids(batch["input_ids"], torch.tensor([True]))}
+    model = tiny_bagel.model.train()
+    torch.manual_seed(0)
+    with_prompt = tiny_bagel.loss(model, "generation", batch)
+    torch.manual_seed(0)
+    without = tiny_bagel.loss(model, "generation", dropped)
+    assert with_prompt.item() != without.item()
+
+
+# -- methods end to end -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sft_lowers_bagels_loss_and_registers_a_version_that_reloads_identically(base):
+    from training.run import train
+
+    result = train(recipe(method="sft", objectives={"understanding": 1.0, "generation": 1.0}))
+    assert len(result.losses) == 6 and result.losses[-1] < 0.8 * result.losses[0], result.losses
+    assert result.version == "2"
+    mv = MlflowClient().get_model_version(NAME, "2")
+    assert mv.tags["umm.parent_version"] == "1" and mv.tags["umm.method"] == "sft"
+    assert mv.tags["umm.train_run_id"] == result.run_id and mv.tags["umm.dataset_digest"] == result.dataset_digest
+    assert str(MlflowClient().get_model_version_by_alias(NAME, "challenger").version) == "2"
+
+    reloaded = flavor.load_model(f"models:/{NAME}/2")
+    trained, again = _weights(result.backbone), _weights(reloaded)
+    assert trained.keys() == again.keys() and all(torch.equal(trained[k], again[k]) for k in trained)
+    original = _weights(flavor.load_model(f"models:/{NAME}/1"))
+    assert any(not torch.equal(original[k], trained[k]) for k in trained)
+
+
+@pytest.mark.slow
+def test_reca_trains_only_the_generation_expert(base):
+    from training.run import train
+
+    result = train(recipe(method="reca", reca={"prompt": "Describe every visual element of the image."}))
+    assert result.losses[-1] < result.losses[0], result.losses
+    before, after = flavor.load_model(f"models:/{NAME}/1"), flavor.load_model(f"models:/{NAME}/2")
+    groups = after.parameter_groups()
+    by_id = {id(p): n for n, p in after.model.named_parameters()}
+    old, new = _weights(before), _weights(after)
+    for group, changed in [("understanding_expert", False), ("vision_encoder", False), ("generation_expert", True)]:
+        names = {by_id[id(p)] for module in groups[group] for p in module.parameters()}
+        moved = {n for n in names if not torch.equal(old[n], new[n])}
+        assert bool(moved) is changed, (group, sorted(moved)[:3])
+    assert MlflowClient().get_model_version(NAME, "2").tags["umm.method"] == "reca"
