@@ -22,6 +22,7 @@ def prepare(backbone: Trainable, recipe: TrainRecipe) -> nn.Module:
 
 
 def rebuild(base: Trainable, state: dict, recipe: TrainRecipe) -> Trainable:
-    """`base` (a fresh load of the base model) with the trained weights `state` put back."""
+    """`base` (a fresh load of the base model) with the trained weights `state` put back, exported
+    through the contract (`with_model`: e.g. BAGEL then saves these weights, not its base checkpoint's)."""
     base.model.load_state_dict(state, strict=True)
-    return base
+    return base.with_model(base.model)
