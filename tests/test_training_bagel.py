@@ -170,3 +170,63 @@ def test_reca_trains_only_the_generation_expert(base):
         moved = {n for n in names if not torch.equal(old[n], new[n])}
         assert bool(moved) is changed, (group, sorted(moved)[:3])
     assert MlflowClient().get_model_version(NAME, "2").tags["umm.method"] == "reca"
+
+
+@pytest.mark.slow
+def test_reca_with_ema_resumes_exactly_after_a_kill(base, tmp_path):
+    """Killed after step 3 and run again, it repeats the uninterrupted loss curve and exports the same
+    EMA weights (the average travels with the checkpoint)."""
+    from training.run import train
+
+    settings = {"method": "reca", "ema": 0.5, "checkpoint_every": 3, "alias": None}
+    whole = train(recipe(**settings, output_dir=str(tmp_path / "whole")))
+    killed = train(recipe(**settings, output_dir=str(tmp_path / "resumed")), stop_after_step=3)
+    assert killed.version is None and killed.steps == 3
+    resumed = train(recipe(**settings, output_dir=str(tmp_path / "resumed")))
+    assert resumed.resumed_from_step == 3 and resumed.losses == pytest.approx(whole.losses, rel=1e-6)
+    a = _weights(flavor.load_model(whole.model_uri))
+    b = _weights(flavor.load_model(resumed.model_uri))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_the_ema_moves_toward_the_weights_and_replaces_them_at_export():
+    from training.ema import Ema
+
+    model = torch.nn.Linear(2, 2)
+    model.bias.requires_grad_(False)
+    ema = Ema(model, decay=0.75)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(4.0)
+    ema.update(model)
+    assert torch.allclose(ema.shadow["weight"], start + 1.0) and "bias" not in ema.shadow
+    exported = ema.applied(model.state_dict())
+    assert torch.equal(exported["weight"], ema.shadow["weight"]) and torch.equal(exported["bias"], model.bias)
+
+
+# -- lora (UniCoT's method) and bad input -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_lora_on_both_experts_merges_into_a_version_that_reloads(base):
+    from training.run import train
+
+    result = train(recipe(method="lora", objectives={"understanding": 1.0, "generation": 1.0}, lr=1e-2,
+                          lora={"rank": 8, "alpha": 16, "merge": True}))
+    assert result.losses[-1] < result.losses[0], result.losses
+    old, new = _weights(flavor.load_model(f"models:/{NAME}/1")), _weights(flavor.load_model(result.model_uri))
+    assert old.keys() == new.keys()  # merged: a plain BAGEL checkpoint, no adapter weights
+    moved = {k for k in old if not torch.equal(old[k], new[k])}
+    assert "language_model.model.layers.0.self_attn.q_proj_moe_gen.weight" in moved
+    assert "language_model.model.layers.0.mlp.up_proj.weight" in moved
+    assert not any(k.startswith(("vit_model", "llm2vae", "language_model.lm_head")) for k in moved)
+
+
+def test_a_lora_rank_above_a_layers_size_is_refused_before_any_step(base):
+    from training.run import train
+    from umm_harness.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"lora.rank 256 is larger than layer '.*language_model.*'.* at most"):
+        train(recipe(method="lora", lora={"rank": 256, "alpha": 512}))
+    assert [str(mv.version) for mv in MlflowClient().search_model_versions(f"name = '{NAME}'")] == ["1"]
+    assert not mlflow.search_runs(experiment_names=["umm-train"]).shape[0]

@@ -14,6 +14,8 @@ import copy
 from pathlib import Path
 
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.tuners_utils import check_target_module_exists
+from torch import nn
 
 from training.recipe import TrainRecipe
 from umm_harness.core.errors import ConfigError
@@ -26,10 +28,22 @@ def lora_config(recipe: TrainRecipe) -> LoraConfig:
                       target_modules=settings.target_modules, bias="none")
 
 
+def check_rank(model: nn.Module, config: LoraConfig) -> None:
+    """A rank above a targeted layer's smaller side adds nothing a full update could not: refuse it."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and check_target_module_exists(config, name):
+            side = min(module.in_features, module.out_features)
+            if config.r > side:
+                raise ConfigError(f"lora.rank {config.r} is larger than layer '{name}' "
+                                  f"({module.out_features}×{module.in_features}); use a rank of at most {side}")
+
+
 def prepare(backbone: Trainable, recipe: TrainRecipe) -> PeftModel:
     backbone.freeze(*backbone.frozen_groups)
+    config = lora_config(recipe)
+    check_rank(backbone.model, config)
     try:
-        return get_peft_model(backbone.model, lora_config(recipe))
+        return get_peft_model(backbone.model, config)
     except ValueError as exc:  # e.g. target modules that match nothing
         raise ConfigError(f"lora.target_modules: {str(exc).splitlines()[0]}") from None
 

@@ -29,8 +29,10 @@ DEFAULT_OBJECTIVES: dict[str, dict[str, float]] = {
     "reca": {"reconstruction": 1.0},
 }
 
-# The language model's attention and MLP projections (peft takes a regex as a full match).
-DEFAULT_LORA_TARGETS = r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+# The language model's attention and MLP projections (peft takes a regex as a full match): Janus'
+# `language_model.layers.N`, BAGEL's `language_model.model.layers.N` with both experts' (`*_moe_gen`).
+DEFAULT_LORA_TARGETS = (r".*language_model\.(model\.)?layers\.\d+\."
+                        r"(self_attn\.(q|k|v|o)_proj(_moe_gen)?|mlp(_moe_gen)?\.(gate|up|down)_proj)")
 
 _REGISTERED = re.compile(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))")
 
@@ -88,6 +90,8 @@ class TrainRecipe(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float = Field(default=1.0, ge=0)  # 0 = no clipping
     cfg_dropout: float = Field(default=0.1, ge=0, le=1)  # generation prompts dropped to unconditional
+    ema: float = Field(default=0.0, ge=0, lt=1)  # decay of a weights EMA exported instead of the weights; 0 = off
+    # (BAGEL's trainer: 0.9999 pretraining, 0.995 IRG; see training.ema)
     seed: int = 0
 
     # DeepSpeed and processes
@@ -149,6 +153,8 @@ class TrainRecipe(BaseModel):
             raise ValueError("objective 'generation' needs data.num_generation > 0")
         if ("understanding" in active or "reconstruction" in active) and self.data.num_understanding == 0:
             raise ValueError("objectives 'understanding' and 'reconstruction' need data.num_understanding > 0")
+        if self.ema and self.zero_stage == 3:
+            raise ValueError("ema needs whole parameters on each rank: use zero_stage 0-2 with ema")
         per_step = self.grad_accum * self.nproc
         if self.batch_size % per_step:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum × nproc = {per_step}")

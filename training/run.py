@@ -44,6 +44,7 @@ from model_flavors import flavor
 from training import data as train_data
 from training import engine as train_engine
 from training import export, lora, reca, sft
+from training.ema import Ema
 from training.objectives import TrainingModule
 from training.recipe import TrainRecipe
 from umm_harness.core.home import umm_home
@@ -226,6 +227,7 @@ def _train_session(recipe: TrainRecipe, base: export.BaseVersion, stop_after_ste
         client_state = train_engine.load_latest(engine, output_dir) if recipe.resume else None
         start_step = int(client_state["step"]) if client_state else 0
         losses = list(client_state.get("losses", []))[:start_step] if client_state else []
+        ema = Ema(engine.module.model, recipe.ema, (client_state or {}).get("ema")) if recipe.ema else None
         if start_step:
             log.info("resuming from %s at step %d", output_dir, start_step)
 
@@ -241,18 +243,21 @@ def _train_session(recipe: TrainRecipe, base: export.BaseVersion, stop_after_ste
                 result.losses.append(record.loss)
                 result.steps = record.step
                 result.train_seconds += record.seconds
+                if ema is not None:
+                    ema.update(engine.module.model)
                 tracker.step(record)
                 final = record.step == recipe.steps
                 if final or (recipe.checkpoint_every and record.step % recipe.checkpoint_every == 0):
                     tracker.flush()
                     train_engine.save_checkpoint(
                         engine, output_dir, record.step,
-                        {"losses": result.losses, "mlflow_run_id": tracker.run_id, "recipe_key": recipe.curve_key()},
+                        {"losses": result.losses, "mlflow_run_id": tracker.run_id, "recipe_key": recipe.curve_key(),
+                         **({"ema": ema.shadow} if ema is not None else {})},
                         recipe.keep_checkpoints, dist_info,
                     )
                     if recipe.export_every_checkpoint and not final:
                         _export(engine, method, base_dir, recipe, base, tracker, dataset_digest, record.step,
-                                final=False, dist_info=dist_info)
+                                final=False, dist_info=dist_info, ema=ema)
                 if stop_after_step is not None and record.step >= stop_after_step and not final:
                     tracker.finish("KILLED", result)
                     result.seconds = time.perf_counter() - started
@@ -260,15 +265,16 @@ def _train_session(recipe: TrainRecipe, base: export.BaseVersion, stop_after_ste
             if start_step >= recipe.steps:
                 log.info("the last checkpoint is already at step %d: exporting it", start_step)
             version, digest, trained = _export(engine, method, base_dir, recipe, base, tracker, dataset_digest,
-                                               recipe.steps, final=True, dist_info=dist_info)
+                                               recipe.steps, final=True, dist_info=dist_info, ema=ema)
         except BaseException as exc:
             tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", result)
             raise
         result.version, result.weights_digest = version, digest
         result.seconds = time.perf_counter() - started
         if dist_info.is_main:
-            # stages 0-2 keep whole parameters: the trained module itself (with its adapters, for lora)
-            if recipe.zero_stage < 3:
+            # stages 0-2 keep whole parameters: the trained module itself (with its adapters, for lora),
+            # unless the export is the EMA of its weights
+            if recipe.zero_stage < 3 and ema is None:
                 backbone.model = engine.module.trained.eval()
                 backbone.info = trained.info
                 trained = backbone
@@ -297,8 +303,11 @@ def _barrier() -> None:
 
 
 def _export(engine, method, base_dir: Path, recipe: TrainRecipe, base: export.BaseVersion, tracker: _Tracker,
-            dataset_digest: str, step: int, *, final: bool, dist_info) -> tuple[str | None, str | None, Any]:
+            dataset_digest: str, step: int, *, final: bool, dist_info, ema: Ema | None = None,
+            ) -> tuple[str | None, str | None, Any]:
     state = export.gather_state(engine.module.model, recipe.zero_stage, dist_info.is_main)
+    if ema is not None and state is not None:
+        state = ema.applied(state)
     version = digest = exported = None
     if dist_info.is_main:
         exported = export.rebuild(method, state, base_dir, recipe, base)
