@@ -230,3 +230,14 @@ def test_a_lora_rank_above_a_layers_size_is_refused_before_any_step(base):
         train(recipe(method="lora", lora={"rank": 256, "alpha": 512}))
     assert [str(mv.version) for mv in MlflowClient().search_model_versions(f"name = '{NAME}'")] == ["1"]
     assert not mlflow.search_runs(experiment_names=["umm-train"]).shape[0]
+
+
+def test_bagel_behind_a_server_cannot_be_trained():
+    from model_flavors.bagel import Bagel, VllmOmniEngine
+    from umm_harness.core.backbone import ModelInfo
+    from umm_harness.core.errors import ConfigError
+
+    served = Bagel(VllmOmniEngine(client=None, model="ByteDance-Seed/BAGEL-7B-MoT"),
+                   ModelInfo(backbone="bagel", source="http://127.0.0.1:8000"))
+    with pytest.raises(ConfigError, match="served by vllm-omni cannot be post-trained"):
+        served.encode([Example("g0", "generation", "a red square", _square("red"))], "generation")
