@@ -241,3 +241,41 @@ def test_bagel_behind_a_server_cannot_be_trained():
                    ModelInfo(backbone="bagel", source="http://127.0.0.1:8000"))
     with pytest.raises(ConfigError, match="served by vllm-omni cannot be post-trained"):
         served.encode([Example("g0", "generation", "a red square", _square("red"))], "generation")
+
+
+def _image_parquet(path: Path, images: list) -> Path:
+    import base64
+    import io
+
+    import pandas as pd
+
+    def b64(image) -> str:
+        if isinstance(image, str):
+            return image
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    pd.DataFrame({"id": [f"img{i}" for i in range(len(images))], "image": [b64(x) for x in images]}).to_parquet(path)
+    return path
+
+
+@pytest.mark.slow
+def test_reca_trains_on_a_parquet_of_images(base, tmp_path):
+    from training.run import train
+
+    data = _image_parquet(tmp_path / "images.parquet", [_square(c) for c in ("red", "blue", "green", "yellow")])
+    result = train(recipe(method="reca", data={"benchmark": "images", "path": str(data)}))
+    assert result.version == "2" and result.dataset_size == 4 and result.losses[-1] < result.losses[0]
+
+
+def test_a_bad_image_row_is_named_before_any_step(base, tmp_path):
+    from training.run import train
+    from umm_harness.core.errors import ConfigError
+
+    data = _image_parquet(tmp_path / "images.parquet", [_square("red"), _square("blue"), "bm90IGFuIGltYWdl"])
+    with pytest.raises(ConfigError, match=r"images.parquet': row 2: field 'image': not an image"):
+        train(recipe(method="reca", data={"benchmark": "images", "path": str(data)}))
+    assert [str(mv.version) for mv in MlflowClient().search_model_versions(f"name = '{NAME}'")] == ["1"]
+    with pytest.raises(ConfigError, match="trains only the 'reconstruction' objective"):
+        recipe(method="sft", data={"benchmark": "images", "path": str(data)})

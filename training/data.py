@@ -4,7 +4,8 @@
   labels cover only the answer tokens (and the end-of-sentence token after them);
 - generation samples (prompt → a correctly drawn reference image) become the reference image's
   image-token targets (for Janus: its VQ codes);
-- reconstruction examples (method `reca`) are the understanding images alone: no captions.
+- reconstruction examples (method `reca`) are the understanding images alone: no captions; or
+  the rows of a parquet file of images (`data.benchmark: images`, checked row by row).
 
 How an example becomes tensors is the backbone's (`Trainable.encode`, `umm_harness.core.training`).
 
@@ -14,13 +15,18 @@ resumed from a checkpoint at step s draws exactly the batches an uninterrupted r
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
+from pathlib import Path
+
 import pandas as pd
 import torch
 from PIL import Image
 
 from training.recipe import DataSettings
+from umm_harness.core.errors import ConfigError
 from umm_harness.core.seeding import sample_seed
 from umm_harness.core.training import Example, TokenSet, Trainable
 
@@ -32,6 +38,8 @@ def load_examples(data: DataSettings, image_size: int, objectives: list[str] | N
     """
     from tasks import shapes  # the built-in synthetic benchmark
 
+    if data.benchmark == "images":
+        return load_images(data.path)
     wanted = set(objectives or ["understanding", "generation"])
     task = shapes.ShapesTask(
         split=data.split, seed=data.seed,
@@ -51,6 +59,41 @@ def load_examples(data: DataSettings, image_size: int, objectives: list[str] | N
             target = shapes.render_reference(sample.references, image_size, sample_seed(data.seed, sample.id))
             examples.append(Example(sample.id, "generation", request.prompt or "", target,
                                     metadata=dict(sample.references)))
+    return examples
+
+
+def _image_bytes(value) -> bytes:
+    if isinstance(value, dict) and "bytes" in value:  # the hub's Image feature in parquet
+        value = value["bytes"]
+    if isinstance(value, str):
+        return base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value, validate=True)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise TypeError(f"expected base64 text or bytes, got {type(value).__name__}")
+
+
+def load_images(path: Path) -> list[Example]:
+    """The rows of a parquet file of images as reconstruction examples; a bad row is a `ConfigError`
+    naming the row and the field, before anything trains."""
+    if not path.is_file():
+        raise ConfigError(f"data.path '{path}' does not exist (a parquet file with an 'image' column)")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several kinds
+        raise ConfigError(f"data.path '{path}': not a readable parquet file ({exc})") from None
+    if "image" not in frame.columns:
+        raise ConfigError(f"data.path '{path}': no 'image' column (it has: {', '.join(map(str, frame.columns))})")
+    examples = []
+    for index, row in enumerate(frame.to_dict("records")):
+        try:
+            image = Image.open(io.BytesIO(_image_bytes(row["image"])))
+            image.load()
+        except Exception as exc:
+            raise ConfigError(f"data.path '{path}': row {index}: field 'image': not an image ({exc})") from None
+        example_id = str(row["id"]) if "id" in row and row["id"] is not None else f"image-{index}"
+        examples.append(Example(example_id, "understanding", "", image.convert("RGB")))
+    if not examples:
+        raise ConfigError(f"data.path '{path}' has no rows")
     return examples
 
 

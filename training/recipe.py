@@ -59,11 +59,13 @@ class RecaSettings(BaseModel):
 
 
 class DataSettings(BaseModel):
-    """The training data: a split of a built-in benchmark."""
+    """The training data: a split of a built-in benchmark, or (`images`, RecA only) the images of a
+    parquet file (`path`; column `image`: base64 or bytes, optional `id`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    benchmark: Literal["shapes"] = "shapes"
+    benchmark: Literal["shapes", "images"] = "shapes"
+    path: Path | None = None  # benchmark `images` only
     split: Literal["train", "test"] = "train"
     seed: int = 0  # the split's generator seed
     num_understanding: int = Field(default=4096, ge=0)
@@ -153,6 +155,12 @@ class TrainRecipe(BaseModel):
             raise ValueError("objective 'generation' needs data.num_generation > 0")
         if ("understanding" in active or "reconstruction" in active) and self.data.num_understanding == 0:
             raise ValueError("objectives 'understanding' and 'reconstruction' need data.num_understanding > 0")
+        if self.data.benchmark == "images":
+            if self.data.path is None:
+                raise ValueError("data.benchmark 'images' needs data.path (a parquet file with an 'image' column)")
+            if set(active) != {"reconstruction"}:
+                raise ValueError("data.benchmark 'images' has no captions or answers: it trains only the "
+                                 "'reconstruction' objective (method 'reca')")
         if self.ema and self.zero_stage == 3:
             raise ValueError("ema needs whole parameters on each rank: use zero_stage 0-2 with ema")
         per_step = self.grad_accum * self.nproc
