@@ -48,6 +48,7 @@ class JanusPro(Backbone, Trainable):
     tunable_attention: ClassVar[bool] = True
     objectives: ClassVar[frozenset[str]] = frozenset({"understanding", "generation", "reconstruction"})
     frozen_groups: ClassVar[tuple[str, ...]] = ("image_tokenizer",)
+    loads_adapters: ClassVar[bool] = True  # transformers' PEFT integration in from_pretrained
 
     def __init__(self, model: JanusForConditionalGeneration, processor: JanusProcessor, info: ModelInfo):
         self.model = model.eval()

@@ -228,6 +228,8 @@ def test_a_lora_rank_above_a_layers_size_is_refused_before_any_step(base):
 
     with pytest.raises(ConfigError, match=r"lora.rank 256 is larger than layer '.*language_model.*'.* at most"):
         train(recipe(method="lora", lora={"rank": 256, "alpha": 512}))
+    with pytest.raises(ConfigError, match="lora.merge: false keeps adapter files that backbone 'bagel' does not load"):
+        train(recipe(method="lora", lora={"rank": 4, "merge": False}))
     assert [str(mv.version) for mv in MlflowClient().search_model_versions(f"name = '{NAME}'")] == ["1"]
     assert not mlflow.search_runs(experiment_names=["umm-train"]).shape[0]
 

@@ -39,6 +39,9 @@ def check_rank(model: nn.Module, config: LoraConfig) -> None:
 
 
 def prepare(backbone: Trainable, recipe: TrainRecipe) -> PeftModel:
+    if not recipe.lora.merge and not backbone.loads_adapters:
+        raise ConfigError(f"lora.merge: false keeps adapter files that backbone '{backbone.key}' does not load; "
+                          "use lora.merge: true")
     backbone.freeze(*backbone.frozen_groups)
     config = lora_config(recipe)
     check_rank(backbone.model, config)

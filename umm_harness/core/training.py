@@ -83,6 +83,8 @@ class Trainable(ABC):
     # Groups every method keeps frozen: the encoder of the generation targets (VQ model, VAE), since
     # moving it would move the targets.
     frozen_groups: ClassVar[tuple[str, ...]]
+    # Whether loading a saved model applies peft adapter files saved beside its weights (LoRA kept unmerged).
+    loads_adapters: ClassVar[bool] = False
     model: nn.Module  # the module whose parameters train
 
     @property
