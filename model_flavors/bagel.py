@@ -205,6 +205,13 @@ def resolve_checkout(repo_path: str | Path | None) -> Path:
     return repo.resolve()
 
 
+def _same_commit(imported: Path, repo: Path) -> bool:
+    """Whether the checkout `imported` (a file or folder) lies in is at `repo`'s commit."""
+    root = next((folder for folder in imported.parents if (folder / "inferencer.py").is_file()), None)
+    commit = checkout_commit(root) if root is not None else None
+    return commit is not None and commit == checkout_commit(repo)
+
+
 def import_upstream(repo: Path) -> SimpleNamespace:
     """The upstream names the adapter uses, imported from `repo` (put first on sys.path), with the
     CPU and transformers-5 fallbacks of `model_flavors.bagel_cpu` where they are needed."""
@@ -212,6 +219,8 @@ def import_upstream(repo: Path) -> SimpleNamespace:
         loaded = sys.modules.get(top)
         origin = getattr(loaded, "__file__", None) or "".join(getattr(loaded, "__path__", []) or [])
         if loaded is not None and not str(origin).startswith(str(repo)):
+            if _same_commit(Path(origin), repo):  # another copy of the same code (a bundled checkout)
+                continue
             raise ConfigError(f"a different module named '{top}' is already imported ({origin}); BAGEL's code "
                               f"uses that top-level name; run it in a process that has not imported it")
     if str(repo) not in sys.path:
