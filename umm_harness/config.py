@@ -99,7 +99,7 @@ class EvalRecipe(BaseModel):
         from umm_harness.core.acceleration import check_device
 
         try:
-            return check_device(value)
+            return check_device(value, here=False)  # whether this machine has it: checked when evaluating
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
 

@@ -20,6 +20,7 @@ import umm_harness
 from model_flavors.registry import backbone_class
 from tasks.base import Sample, Task
 from tasks.registry import build_task, suite_benchmarks
+from umm_harness.core.acceleration import check_device
 from umm_harness.core.backbone import Backbone, LazyBackbone
 from umm_harness.batch_size import BatchSizer
 from umm_harness.cache import ResultCache, scorer_identity
@@ -60,6 +61,11 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
     """Stage `all` or `generate`: a new parent run. Stage `score`: a child run beside the
     generate run's, in that run's parent, from its logged outputs. Under several data-parallel
     ranks, only rank 0 returns a summary (the others return None)."""
+    if recipe.stage != "score":  # scoring reads logged outputs: it needs no model device
+        try:
+            check_device(recipe.device)
+        except ConfigError as exc:
+            raise ConfigError(f"field 'device': {exc}") from None
     tasks = [build_task(name, recipe.data_dir, recipe.judge, recipe.task_options.get(name))
              for name in suite_benchmarks(recipe.suite)]
     # Every benchmark's data is read (and checked) before any model loads or anything is logged.

@@ -24,12 +24,17 @@ ATTN_IMPLEMENTATIONS: tuple[str, ...] = get_args(AttnImplementation)
 _HALF = ("bfloat16", "float16")
 
 
-def check_device(device: str) -> str:
-    """`device` if torch can run on it here; a `ConfigError` naming what is missing otherwise."""
+def check_device(device: str, *, here: bool = True) -> str:
+    """`device` if torch can run on it (`here`: on this machine, else anywhere: a recipe written for a
+    GPU box validates on a laptop); a `ConfigError` naming what is missing otherwise."""
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):
         raise ConfigError(f"device '{device}' is not a device torch knows (cpu, cuda, cuda:<n>, mps)") from None
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device '{device}': the harness runs on cpu, cuda or mps")
+    if not here:
+        return device
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
@@ -38,8 +43,6 @@ def check_device(device: str) -> str:
             raise ConfigError(f"device '{device}': only {count} CUDA GPU(s) visible (cuda:0..cuda:{count - 1})")
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device '{device}': MPS is not available here")
-    elif parsed.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"device '{device}': the harness runs on cpu, cuda or mps")
     return device
 
 
