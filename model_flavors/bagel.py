@@ -60,7 +60,7 @@ from PIL import Image
 
 from model_flavors import bagel_cpu
 from model_flavors.bagel_training import BagelTraining
-from model_flavors.upstream_checkout import checkout_commit
+from model_flavors.upstream_checkout import checkout_commit, same_code
 from model_flavors.vllm_omni import VllmOmniClient, image_part, text_part
 from umm_harness.core.backbone import Backbone, ModelInfo, Upstream
 from umm_harness.core.errors import ConfigError
@@ -205,13 +205,6 @@ def resolve_checkout(repo_path: str | Path | None) -> Path:
     return repo.resolve()
 
 
-def _same_commit(imported: Path, repo: Path) -> bool:
-    """Whether the checkout `imported` (a file or folder) lies in is at `repo`'s commit."""
-    root = next((folder for folder in imported.parents if (folder / "inferencer.py").is_file()), None)
-    commit = checkout_commit(root) if root is not None else None
-    return commit is not None and commit == checkout_commit(repo)
-
-
 def import_upstream(repo: Path) -> SimpleNamespace:
     """The upstream names the adapter uses, imported from `repo` (put first on sys.path), with the
     CPU and transformers-5 fallbacks of `model_flavors.bagel_cpu` where they are needed."""
@@ -219,7 +212,7 @@ def import_upstream(repo: Path) -> SimpleNamespace:
         loaded = sys.modules.get(top)
         origin = getattr(loaded, "__file__", None) or "".join(getattr(loaded, "__path__", []) or [])
         if loaded is not None and not str(origin).startswith(str(repo)):
-            if _same_commit(Path(origin), repo):  # another copy of the same code (a bundled checkout)
+            if same_code(Path(origin), repo):  # another copy of the same code (a bundled checkout)
                 continue
             raise ConfigError(f"a different module named '{top}' is already imported ({origin}); BAGEL's code "
                               f"uses that top-level name; run it in a process that has not imported it")

@@ -143,7 +143,7 @@ class Blip3oNext(Backbone):
         extras = {key: raw[key] for key in _EXTRA_KEYS if key in raw}
         config = Qwen3Config(**{k: v for k, v in raw.items() if k not in ("model_type", "architectures", "auto_map")})
         torch_dtype = _DTYPES[dtype]
-        lm = Qwen3ForCausalLM.from_pretrained(folder, config=config, dtype=torch_dtype).to(device)
+        lm = Qwen3ForCausalLM.from_pretrained(folder, config=config, dtype=torch_dtype, use_safetensors=True).to(device)
         tokenizer = AutoTokenizer.from_pretrained(folder)
 
         diffusion = folder / raw["diffusion_name_or_path"]

@@ -197,7 +197,8 @@ class Mmada(Backbone):
         require_safetensors(lm_source, allow_pickle)
         from transformers import AutoTokenizer
 
-        lm = api.LM.from_pretrained(lm_source, revision=revision, dtype=torch_dtype).to(device)
+        lm = api.LM.from_pretrained(lm_source, revision=revision, dtype=torch_dtype,
+                                   use_safetensors=not allow_pickle).to(device)
         tokenizer = AutoTokenizer.from_pretrained(lm_source, revision=revision)
         vq = build_vq(api, sizes.vq_args)
         vq_folder = Path(vq_source)

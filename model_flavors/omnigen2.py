@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from model_flavors.upstream_checkout import checkout_commit
+from model_flavors.upstream_checkout import checkout_commit, same_code
 from umm_harness.core.backbone import Backbone, ModelInfo, Upstream
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
@@ -89,7 +89,7 @@ def import_upstream(repo: Path) -> SimpleNamespace:
     """OmniGen2's pipeline, transformer and scheduler classes, imported from `repo`."""
     loaded = sys.modules.get("omnigen2")
     origin = "".join(getattr(loaded, "__path__", []) or [])
-    if loaded is not None and not origin.startswith(str(repo)):
+    if loaded is not None and not origin.startswith(str(repo)) and not same_code(Path(origin), repo):
         raise ConfigError(f"a different 'omnigen2' package is already imported ({origin}); run OmniGen2 from "
                           f"{repo} in a process that has not imported it")
     if str(repo) not in sys.path:
@@ -193,10 +193,11 @@ class OmniGen2(Backbone):
         processor = TextImageProcessor.from_pretrained(folder / "processor")
         pipeline = api.OmniGen2Pipeline(
             transformer=api.OmniGen2Transformer2DModel.from_pretrained(str(folder / "transformer"),
-                                                                       torch_dtype=torch_dtype),
-            vae=AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=torch_dtype),
+                                                                       torch_dtype=torch_dtype, use_safetensors=True),
+            vae=AutoencoderKL.from_pretrained(str(folder / "vae"), torch_dtype=torch_dtype, use_safetensors=True),
             scheduler=api.FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder / "scheduler")),
-            mllm=Qwen2_5_VLForConditionalGeneration.from_pretrained(str(folder / "mllm"), dtype=torch_dtype),
+            mllm=Qwen2_5_VLForConditionalGeneration.from_pretrained(str(folder / "mllm"), dtype=torch_dtype,
+                                                                    use_safetensors=True),
             processor=processor,
         ).to(device)
         pipeline.set_progress_bar_config(disable=bool(os.environ.get("CI")))

@@ -53,6 +53,17 @@ def checkout_commit(repo: Path) -> str | None:
     return None
 
 
+def same_code(imported: Path, wanted: Path) -> bool:
+    """Whether two checkouts (or folders inside them) are at one known commit: then code already
+    imported from one (a user's checkout) serves for the other (the copy a logged model bundles)."""
+
+    def commit_above(path: Path) -> str | None:
+        return next((c for folder in (path, *path.parents) if (c := checkout_commit(folder))), None)
+
+    commit = commit_above(imported)
+    return commit is not None and commit == commit_above(wanted)
+
+
 def _common_dir(git: Path) -> Path:
     common = git / "commondir"
     return (git / common.read_text().strip()).resolve() if common.is_file() else git
@@ -106,8 +117,9 @@ def private_package(alias: str, folder: Path) -> types.ModuleType:
         sys.modules[parent].__path__ = []
     existing = sys.modules.get(alias)
     if existing is not None:
-        if list(getattr(existing, "__path__", [])) != [str(folder)]:
-            raise ConfigError(f"{alias} is already imported from {list(existing.__path__)}; one checkout per process")
+        paths = list(getattr(existing, "__path__", []))
+        if paths != [str(folder)] and not (len(paths) == 1 and same_code(Path(paths[0]), folder)):
+            raise ConfigError(f"{alias} is already imported from {paths}; one checkout per process")
         return existing
     package = types.ModuleType(alias)
     package.__path__ = [str(folder)]

@@ -103,9 +103,13 @@ def recorded_loads(monkeypatch):
     return calls
 
 
-def test_loading_every_tiny_backbone_never_asks_for_remote_code(tmp_path, recorded_loads):
+def test_loading_every_tiny_backbone_never_asks_for_remote_code(tmp_path, recorded_loads, monkeypatch):
     from model_flavors.registry import TINY_BUILDERS, backbone_class, infer_backbone, tiny_builder
 
+    upstream = REPO.parent / "shared" / "upstream"  # the checkouts the upstream-code backbones run on
+    for variable, folder in (("UMM_BAGEL_REPO", "bagel"), ("UMM_OMNIGEN2_REPO", "omnigen2"),
+                             ("UMM_MMADA_REPO", "mmada"), ("UMM_SHOW_O_REPO", "show-o")):
+        monkeypatch.setenv(variable, str(upstream / folder))
     loaded = []
     for name in TINY_BUILDERS:
         folder = tmp_path / name
@@ -114,7 +118,7 @@ def test_loading_every_tiny_backbone_never_asks_for_remote_code(tmp_path, record
         except ImportError as exc:  # an optional model library that is not installed
             print(f"skipped tiny '{name}': {exc}")
             continue
-        backbone_class(infer_backbone(str(folder))).load(str(folder))
+        backbone_class(infer_backbone(str(folder))).load(str(folder), device="cpu")
         loaded.append(name)
     assert "janus-pro" in loaded
     assert recorded_loads, "no from_pretrained call was seen"
