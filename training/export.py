@@ -24,7 +24,7 @@ from torch import nn
 from model_flavors import flavor
 from training.recipe import TrainRecipe
 from umm_harness.core.training import Trainable
-from umm_harness.model_registry import DIGEST_TAG, find_version
+from umm_harness.model_registry import DIGEST_TAG, describe_version, find_version
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,7 @@ def register(backbone: Trainable, *, base: BaseVersion, recipe: TrainRecipe, run
                  first.tags.get("umm.train_run_id"))
         client.delete_model_version(base.name, version)
         version = str(first.version)
+    describe_version(base.name, version)
     if final and recipe.alias:
         client.set_registered_model_alias(base.name, recipe.alias, version)
     return version, digest

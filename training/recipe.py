@@ -113,7 +113,7 @@ class TrainRecipe(BaseModel):
     resume: bool = True  # continue from the last checkpoint in output_dir if there is one
     export_every_checkpoint: bool = False  # also register a version at every checkpoint
     alias: str | None = "challenger"  # set on the final version
-    experiment: str = "umm-train"
+    experiment: str | None = None  # None: MLflow's current experiment (umm_harness.runs)
     log_every: int = Field(default=10, ge=1)  # steps between metric flushes to MLflow
 
     @field_validator("model")

@@ -53,6 +53,7 @@ from umm_harness.core.errors import ConfigError
 from umm_harness.core.file_lock import exclusive
 from umm_harness.core.training import Trainable
 from umm_harness.model_registry import DIGEST_TAG
+from umm_harness.runs import start_top_level_run, take_project_run
 from umm_harness.tracking import git_commit, log_batch
 
 log = logging.getLogger(__name__)
@@ -363,19 +364,17 @@ class _Tracker:
             mlflow.log_input(dataset, context="training")
 
     def _open_run(self):
-        if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the run it created for us
-            return mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
+        run_name = f"{self.base.name} v{self.base.version} · {self.recipe.method}"
+        project_run = take_project_run()  # under `mlflow run`: the run it created for us
+        if project_run:
+            return start_top_level_run(run_name, run_id=project_run)
         if self.resumed_run_id:
             try:
                 MlflowClient().get_run(self.resumed_run_id)
                 return mlflow.start_run(run_id=self.resumed_run_id, nested=mlflow.active_run() is not None)
             except MlflowException:
                 log.warning("the interrupted run %s is not in this store; starting a new run", self.resumed_run_id)
-        run_name = f"{self.base.name} v{self.base.version} · {self.recipe.method}"
-        if mlflow.active_run() is not None:  # e.g. a loop recipe's parent run
-            return mlflow.start_run(run_name=run_name, nested=True)
-        mlflow.set_experiment(self.recipe.experiment)
-        return mlflow.start_run(run_name=run_name)
+        return start_top_level_run(run_name, self.recipe.experiment)
 
     def tags(self, tags: dict[str, str]) -> None:
         if self.enabled:

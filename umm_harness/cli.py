@@ -44,14 +44,6 @@ def cli(verbose: bool) -> None:
     _setup_logging(verbose)
 
 
-def _detach_from_project_run() -> None:
-    """`mlflow run` hands its run to the entry point (MLFLOW_RUN_ID). eval and train log into it;
-    compare, promote and loop make several runs of their own, in their own experiments, so they
-    must not all land in that one."""
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-        os.environ.pop(name, None)
-
-
 def _open_store() -> None:
     """Every command that logs opens the store first (serialised creation, clear errors)."""
     from umm_harness.store import open_store
@@ -222,7 +214,6 @@ def loop_command(recipe: str | None, **flags: Any) -> None:
     from umm_harness.config import load_recipe
     from umm_harness.loop import LoopRecipe, run_loop
 
-    _detach_from_project_run()
     loop_recipe = load_recipe(Path(recipe) if recipe else None, flags, LoopRecipe)
     _open_store()
     result = run_loop(loop_recipe)
@@ -250,7 +241,6 @@ def compare_command(recipe: str | None, versions: str | None, **flags: Any) -> N
     from umm_harness.compare import CompareRecipe, compare
     from umm_harness.config import load_recipe
 
-    _detach_from_project_run()
     overrides = {**flags, "versions": [v.strip() for v in versions.split(",") if v.strip()] if versions else None}
     compare_recipe = load_recipe(Path(recipe) if recipe else None, overrides, CompareRecipe)
     _open_store()
@@ -278,7 +268,6 @@ def promote_command(recipe: str | None, gates: tuple[str, ...], max_regression: 
     from umm_harness.promote import PromoteRecipe, Requirement, promote
     from umm_harness.promote import history as promotion_history
 
-    _detach_from_project_run()
     promote_recipe = load_recipe(Path(recipe) if recipe else None, flags, PromoteRecipe)
     _open_store()
     if history:

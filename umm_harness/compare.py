@@ -20,6 +20,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from pydantic import BaseModel, ConfigDict, Field
 
 import umm_harness
@@ -28,7 +29,9 @@ from tasks.registry import suite_benchmarks, task_class
 from umm_harness.config import EvalRecipe, flatten
 from umm_harness.core.errors import ConfigError
 from umm_harness.evaluate import evaluate
+from umm_harness.model_registry import describe_version
 from umm_harness.runner import limit_samples
+from umm_harness.runs import benchmark_runs, parent_runs, run_path, start_top_level_run, take_project_run
 from umm_harness.search_filters import quoted
 from umm_harness.tracking import log_batch, official
 
@@ -48,7 +51,7 @@ class CompareRecipe(BaseModel):
     data_dir: Path | None = None
     bootstrap: int = Field(default=1000, ge=100)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
-    experiment: str = "umm-compare"
+    experiment: str | None = None  # None: MLflow's current experiment (umm_harness.runs)
 
 
 @dataclass
@@ -91,38 +94,33 @@ class Comparison:
 def _latest_versions(name: str, count: int) -> list[str]:
     versions = sorted((int(mv.version) for mv in MlflowClient().search_model_versions(f"name = {quoted(name)}")))
     if len(versions) < count:
-        raise ConfigError(f"registered model '{name}' has {len(versions)} version(s); comparing needs {count}")
+        raise ConfigError(f"registered model '{name}' has {len(versions)} version(s); comparing needs {count}: "
+                          + ("evaluate one first (`umm eval` or `mlflow run . -e eval`), then " if not versions else "")
+                          + "post-train it (`umm train` or `mlflow run . -e train`)")
     return [str(v) for v in versions[-count:]]
 
 
 def find_eval_run(name: str, version: str, suite: str, seed: int, limit: int | None) -> str | None:
-    """The newest finished parent eval run of exactly this work, if one exists."""
-    runs = mlflow.search_runs(
-        search_all_experiments=True,
-        output_format="list",
-        filter_string=(
-            f"tags.`umm.model_name` = {quoted(name)} and tags.`umm.model_version` = '{version}' "
-            f"and tags.`umm.suite` = {quoted(suite)} and tags.`umm.seed` = '{seed}' "
-            f"and tags.`umm.limit` = '{limit or 'all'}' and tags.`umm.stage` = 'all' "
-            f"and tags.`umm.harness_version` = '{umm_harness.__version__}' and attributes.status = 'FINISHED'"
-        ),
-        order_by=["attributes.start_time DESC"],
+    """The newest finished parent eval run of exactly this work, made by any entry point, if one exists."""
+    parents = parent_runs(
+        f"tags.`umm.model_name` = {quoted(name)} and tags.`umm.model_version` = '{version}' "
+        f"and tags.`umm.suite` = {quoted(suite)} and tags.`umm.seed` = '{seed}' "
+        f"and tags.`umm.limit` = '{limit or 'all'}' and tags.`umm.stage` = 'all' "
+        f"and tags.`umm.harness_version` = '{umm_harness.__version__}' and attributes.status = 'FINISHED'"
     )
-    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     return parents[0].info.run_id if parents else None
 
 
-def _records(parent_run_id: str, benchmark: str) -> dict[str, dict[str, Any]]:
-    client = MlflowClient()
-    parent = client.get_run(parent_run_id)
-    scored = client.search_runs(
-        [parent.info.experiment_id],
-        f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`umm.benchmark` = '{benchmark}'",
-        order_by=["attributes.start_time DESC"],
-    )
-    child = next(run for run in scored if run.data.tags.get("umm.stage") in ("all", "score"))
+def _records(parent: Run, benchmark: str) -> dict[str, dict[str, Any]]:
+    """The score record of every sample the evaluation scored, from its benchmark run."""
+    scored = benchmark_runs(parent.info.run_id, benchmark, stages=("all", "score"))
+    if not scored:
+        tags = parent.data.tags
+        raise ConfigError(f"eval run {parent.info.run_id} has no finished '{benchmark}' run; run "
+                          f"`umm eval --model {tags.get('umm.model_uri', '<model>')} --suite {tags.get('umm.suite')}` "
+                          "again, or delete that run")
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=child.info.run_id,
+        path = mlflow.artifacts.download_artifacts(run_id=scored[0].info.run_id,
                                                    artifact_path=f"samples/{benchmark}.jsonl", dst_path=tmp)
         rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
     return {row["sample_id"]: row for row in rows if row.get("status") == "scored"}
@@ -162,11 +160,13 @@ def _ensure_eval(recipe: CompareRecipe, version: str) -> str:
     log.info("no finished eval of %s version %s on %s: running it", recipe.model_name, version, recipe.suite)
     summary = evaluate(EvalRecipe(model=f"models:/{recipe.model_name}/{version}", suite=recipe.suite,
                                   seed=recipe.seed, limit=recipe.limit, batch_size=recipe.batch_size,
-                                  data_dir=recipe.data_dir, experiment="umm-eval"))
+                                  data_dir=recipe.data_dir, experiment=recipe.experiment))
     return summary.run_id
 
 
 def compare(recipe: CompareRecipe, log_run: bool = True) -> Comparison:
+    # Under `mlflow run`, the launcher's run is the comparison's, not a fallback evaluation's.
+    project_run = take_project_run() if log_run else None
     benchmarks = suite_benchmarks(recipe.suite)
     versions = recipe.versions or _latest_versions(recipe.model_name, 2)
     baseline = recipe.baseline or versions[0]
@@ -180,18 +180,18 @@ def compare(recipe: CompareRecipe, log_run: bool = True) -> Comparison:
             raise ConfigError(f"registered model '{recipe.model_name}' has no version {version}") from None
 
     eval_runs = {version: _ensure_eval(recipe, version) for version in versions}
-    values = {version: official({k: v for k, v in client.get_run(run_id).data.metrics.items()
-                                 if k.split("/", 1)[0] in benchmarks})
-              for version, run_id in eval_runs.items()}
+    parents = {version: client.get_run(run_id) for version, run_id in eval_runs.items()}
+    values = {version: official({k: v for k, v in parent.data.metrics.items() if k.split("/", 1)[0] in benchmarks})
+              for version, parent in parents.items()}
     deltas: list[Delta] = []
     for benchmark in benchmarks:
         task = task_class(benchmark)(data_dir=recipe.data_dir)
         samples = limit_samples(task.samples(), recipe.limit)
-        base_records = _records(eval_runs[baseline], benchmark)
+        base_records = _records(parents[baseline], benchmark)
         for version in versions:
             if version == baseline:
                 continue
-            intervals = paired_bootstrap(task, samples, base_records, _records(eval_runs[version], benchmark),
+            intervals = paired_bootstrap(task, samples, base_records, _records(parents[version], benchmark),
                                          recipe.bootstrap, recipe.confidence, seed=recipe.seed)
             for metric, (delta, low, high) in intervals.items():
                 key = f"{benchmark}/{metric}"
@@ -199,15 +199,39 @@ def compare(recipe: CompareRecipe, log_run: bool = True) -> Comparison:
                                     values[baseline].get(key, float("nan")), delta, low, high))
     comparison = Comparison(recipe.model_name, baseline, versions, values, deltas, eval_runs)
     if log_run:
-        comparison.run_id = _log_comparison(recipe, comparison)
+        comparison.run_id = _log_comparison(recipe, comparison, project_run)
+        for version in versions:
+            if version != baseline:
+                describe_version(recipe.model_name, version, _headline(comparison, version, recipe.suite))
     return comparison
 
 
-def _log_comparison(recipe: CompareRecipe, comparison: Comparison) -> str:
+def _headline(comparison: Comparison, version: str, suite: str, count: int = 3) -> str:
+    """The `count` largest changes of `version` against the baseline, with their intervals."""
+    largest = sorted((d for d in comparison.deltas if d.version == version), key=lambda d: -abs(d.delta))[:count]
+    changes = ", ".join(f"{d.metric} {d.delta:+.3f} [{d.low:+.3f}, {d.high:+.3f}]" for d in largest)
+    return (f"Against version {comparison.baseline} on {suite} (comparison run {comparison.run_id}): "
+            f"{changes or 'no paired metric'}.")
+
+
+def _links(comparison: Comparison, suite: str) -> str:
+    """The comparison run's description: what it compared, with a link to each evaluation run."""
+    client = MlflowClient()
+    lines = [f"{comparison.model_name} on {suite}: version {' vs '.join(comparison.versions)}, deltas against "
+             f"version {comparison.baseline} with paired bootstrap intervals.", "", "Evaluation runs compared:", ""]
+    for version, run_id in comparison.eval_runs.items():
+        run = client.get_run(run_id)
+        lines.append(f"- version {version}: [{run.info.run_name}]({run_path(run)})")
+    return "\n".join(lines)
+
+
+def _log_comparison(recipe: CompareRecipe, comparison: Comparison, project_run: str | None) -> str:
     import matplotlib.pyplot as plt
 
-    mlflow.set_experiment(recipe.experiment)
-    with mlflow.start_run(run_name=f"{comparison.model_name}: v{' vs v'.join(comparison.versions)}") as run:
+    run_name = f"{comparison.model_name}: v{' vs v'.join(comparison.versions)}"
+    with start_top_level_run(run_name, recipe.experiment, project_run) as run:
+        comparison.run_id = run.info.run_id
+        mlflow.set_tag("mlflow.note.content", _links(comparison, recipe.suite))
         metrics = {f"delta/{d.metric}/v{d.version}": d.delta for d in comparison.deltas}
         metrics |= {f"ci_low/{d.metric}/v{d.version}": d.low for d in comparison.deltas}
         metrics |= {f"ci_high/{d.metric}/v{d.version}": d.high for d in comparison.deltas}

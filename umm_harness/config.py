@@ -61,7 +61,7 @@ class EvalRecipe(BaseModel):
     # Where the model runs: "local" in this process; "uv" / "virtualenv" in its own environment,
     # built by MLflow (umm_harness.isolation); None: the model's declared default.
     env_manager: Literal["local", "uv", "virtualenv"] | None = None
-    experiment: str = "umm-eval"
+    experiment: str | None = None  # None: MLflow's current experiment (umm_harness.runs)
     register_as: str | None = None  # registered model name for a model that is not registered yet
     stage: Literal["all", "generate", "score"] = "all"  # generate → score, or both in one go
     from_run: str | None = None  # for stage score: the parent run of the generate stage

@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import Run, RunTag
 from mlflow.exceptions import MlflowException
 
 import umm_harness
@@ -29,11 +29,12 @@ from umm_harness.config import EvalRecipe, flatten
 from umm_harness.distributed import Ranks, current_ranks
 from umm_harness.core.errors import ConfigError
 from umm_harness.model_ref import ResolvedModel, resolve_model, resolve_registered
-from umm_harness.model_registry import ensure_registered
+from umm_harness.model_registry import ensure_registered, logged_model_id
 from umm_harness.ray_executor import RayExecutor
 from umm_harness.runner import BenchmarkResult, pending_outputs, run_benchmark
+from umm_harness.runs import BENCHMARK_TAG, benchmark_runs, parent_runs, start_top_level_run, take_project_run
 from umm_harness.search_filters import quoted
-from umm_harness.tracking import git_commit, log_batch, log_benchmark, official
+from umm_harness.tracking import git_commit, log_batch, log_benchmark, log_model_scores, official
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +46,6 @@ class EvalSummary:
     model_version: str
     metrics: dict[str, float]
     results: dict[str, BenchmarkResult]
-
-
-def _start_parent_run(recipe: EvalRecipe, run_name: str) -> mlflow.ActiveRun:
-    # Under `mlflow run`, MLFLOW_RUN_ID names the run the project launcher created for us.
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
-    # Set it twice: when another process creates the experiment between MLflow's lookup and its
-    # create, the first call returns without activating it (MLflow 3.17); by id it cannot miss.
-    mlflow.set_experiment(experiment_id=mlflow.set_experiment(recipe.experiment).experiment_id)
-    return mlflow.start_run(run_name=run_name)
 
 
 def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
@@ -114,8 +105,10 @@ def _evaluate_model(recipe: EvalRecipe, model: ResolvedModel, tasks: list[Task],
     }
     metrics: dict[str, float] = {}
     results: dict[str, BenchmarkResult] = {}
-    with _start_parent_run(recipe, f"{model.registered_name} × {recipe.suite}") as parent:
+    run_name = f"{model.registered_name} × {recipe.suite}"
+    with start_top_level_run(run_name, recipe.experiment, take_project_run()) as parent:
         version = ensure_registered(model)
+        model_id = logged_model_id(model.registered_name, version)
         model_uri = f"models:/{model.registered_name}/{version}"
         common_tags.update({"umm.model_uri": model_uri, "umm.model_version": version,
                             "umm.model_name": model.registered_name})
@@ -126,7 +119,9 @@ def _evaluate_model(recipe: EvalRecipe, model: ResolvedModel, tasks: list[Task],
                 log_batch(tags={**common_tags, "umm.benchmark": task.name, **_scorer_tag(task), **task.run_tags()})
                 result, cache = _run_task(task, model, recipe, ranks, samples[task.name], caches[task.name])
                 _tag_if_all_skipped(task.name, result)
-                metrics.update(log_benchmark(task.name, result, cache))
+                logged = log_benchmark(task.name, result, cache)
+                log_model_scores(task.name, result, logged, model_id)
+                metrics.update(logged)
                 results[task.name] = result
         log_batch(metrics=metrics)
         run_id = parent.info.run_id
@@ -204,41 +199,48 @@ def _generate_run(recipe: EvalRecipe) -> Run:
     client = MlflowClient()
     if recipe.from_run:
         try:
-            return client.get_run(recipe.from_run)
+            run = client.get_run(recipe.from_run)
         except MlflowException:
             raise ConfigError(f"from_run '{recipe.from_run}' is not a run in this tracking store") from None
+        if "umm.suite" not in run.data.tags or run.data.tags.get("umm.stage") not in ("generate", "all"):
+            raise ConfigError(f"from_run '{recipe.from_run}' is not an evaluation run; pass the run that "
+                              "`umm eval --stage generate` (or `mlflow run . -e eval -P stage=generate`) made")
+        if BENCHMARK_TAG in run.data.tags:  # a benchmark's run: its parent holds the evaluation
+            run = client.get_run(run.data.tags["mlflow.parentRunId"])
+        return run
     if not recipe.model.startswith("models:/"):
         raise ConfigError("--stage score needs --from-run <run id>, or --model models:/<name>/<version> to find it")
     name, version, _ = resolve_registered(recipe.model)
-    runs = mlflow.search_runs(
-        search_all_experiments=True, output_format="list", order_by=["attributes.start_time DESC"],
-        filter_string=(f"tags.`umm.model_name` = {quoted(name)} and tags.`umm.model_version` = '{version}' "
-                       f"and tags.`umm.suite` = {quoted(recipe.suite)} and tags.`umm.seed` = '{recipe.seed}' "
-                       f"and tags.`umm.limit` = '{recipe.limit or 'all'}' and attributes.status = 'FINISHED'"),
-    )
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags and r.data.tags.get("umm.stage") != "score"]
+    parents = [run for run in parent_runs(
+        f"tags.`umm.model_name` = {quoted(name)} and tags.`umm.model_version` = '{version}' "
+        f"and tags.`umm.suite` = {quoted(recipe.suite)} and tags.`umm.seed` = '{recipe.seed}' "
+        f"and tags.`umm.limit` = '{recipe.limit or 'all'}' and attributes.status = 'FINISHED'")
+        if run.data.tags.get("umm.stage") != "score"]
     if not parents:
         raise ConfigError(f"no finished generate run of {recipe.model} on '{recipe.suite}' with seed {recipe.seed} "
-                          f"and limit {recipe.limit or 'all'}; run --stage generate first")
+                          f"and limit {recipe.limit or 'all'}; run `umm eval --stage generate --model {recipe.model} "
+                          f"--suite {recipe.suite}` (same seed and limit) first, or pass --from-run")
     return parents[0]
 
 
 def _score_logged_outputs(recipe: EvalRecipe, tasks: list[Task], samples: dict[str, list[Sample]]) -> EvalSummary:
     source = _generate_run(recipe)
-    client = MlflowClient()
     tags = source.data.tags
     capabilities = (frozenset(tags["umm.capabilities"].split(",")) if "umm.capabilities" in tags
                     else backbone_class(tags["umm.backbone"]).capabilities)
-    children = client.search_runs([source.info.experiment_id], f"tags.mlflow.parentRunId = '{source.info.run_id}'")
+    project_run = take_project_run()  # under `mlflow run`: it becomes the (first) score run
+    model_id = (logged_model_id(tags["umm.model_name"], tags["umm.model_version"])
+                if "umm.model_name" in tags and "umm.model_version" in tags else None)
     metrics: dict[str, float] = {}
     results: dict[str, BenchmarkResult] = {}
     with mlflow.start_run(run_id=source.info.run_id):
         for task in tasks:
-            generated = [c for c in children if c.data.tags.get("umm.benchmark") == task.name
-                         and c.data.tags.get("umm.stage") in ("generate", "all")]
+            generated = benchmark_runs(source.info.run_id, task.name, stages=("generate", "all"))
             if not generated:
-                raise ConfigError(f"run {source.info.run_id} has no generate child run for '{task.name}'")
-            with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=f"{task.name} (score)", nested=True):
+                raise ConfigError(f"run {source.info.run_id} has no finished generate run of '{task.name}'; "
+                                  f"run `umm eval --stage generate --suite {task.name}` for that model first")
+            with tempfile.TemporaryDirectory() as tmp, _score_run(task.name, source, project_run):
+                project_run = None
                 log_batch(tags={**{k: v for k, v in tags.items() if k.startswith("umm.")}, "umm.stage": "score",
                                 "umm.benchmark": task.name, "umm.source_run": generated[0].info.run_id,
                                 **_scorer_tag(task), **task.run_tags()},
@@ -247,11 +249,22 @@ def _score_logged_outputs(recipe: EvalRecipe, tasks: list[Task], samples: dict[s
                 result = run_benchmark(task, None, cache, run_seed=recipe.seed, batch_size=recipe.batch_size,
                                        limit=recipe.limit, stage="score", capabilities=capabilities,
                                        samples=samples[task.name])
-                metrics.update(log_benchmark(task.name, result, cache, log_images=False))
+                logged = log_benchmark(task.name, result, cache, log_images=False)
+                log_model_scores(task.name, result, logged, model_id)
+                metrics.update(logged)
                 results[task.name] = result
         log_batch(metrics=official(metrics))
     return EvalSummary(source.info.run_id, tags.get("umm.model_name", ""), tags.get("umm.model_version", ""),
                        metrics, results)
+
+
+def _score_run(benchmark: str, source: Run, run_id: str | None) -> mlflow.ActiveRun:
+    """A new child of `source` for one benchmark's scores, or the handed-over project run made one."""
+    if run_id is None:
+        return mlflow.start_run(run_name=f"{benchmark} (score)", nested=True)
+    MlflowClient().log_batch(run_id, tags=[RunTag("mlflow.parentRunId", source.info.run_id),
+                                           RunTag("mlflow.runName", f"{benchmark} (score)")])
+    return mlflow.start_run(run_id=run_id, nested=True)
 
 
 def _download_outputs(run_id: str, benchmark: str, folder: Path) -> ResultCache:

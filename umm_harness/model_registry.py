@@ -61,6 +61,30 @@ def ensure_registered(model: ResolvedModel, extra_tags: dict[str, str] | None = 
     if first is not None and str(first.version) != version:
         MlflowClient().delete_model_version(model.registered_name, version)
         version = str(first.version)
+    else:
+        describe_version(model.registered_name, version)
     log.info("registered %s version %s", model.registered_name, version)
     model.version = version
     return version
+
+
+def lineage(name: str, version: str) -> str:
+    """One line on where a version comes from: its training method and parent, or its source."""
+    mv = MlflowClient().get_model_version(name, version)
+    tags = mv.tags
+    if tags.get("umm.method"):
+        run = f" (training run {tags['umm.train_run_id']})" if tags.get("umm.train_run_id") else ""
+        return f"{tags['umm.method']} of version {tags.get('umm.parent_version', '?')}{run}."
+    return f"Evaluated as registered from {tags.get('umm.base_model', mv.source)}."
+
+
+def describe_version(name: str, version: str, headline: str = "") -> None:
+    """The version's description, as the registry's pages show it: lineage, then `headline`."""
+    description = lineage(name, version) + (f"\n\n{headline}" if headline else "")
+    MlflowClient().update_model_version(name, version, description=description)
+
+
+def logged_model_id(name: str, version: str) -> str | None:
+    """The MLflow 3 logged model behind a registered version (None for a version registered
+    from a plain artifact folder), the model its evaluation metrics are attached to."""
+    return MlflowClient().get_model_version(name, version).model_id

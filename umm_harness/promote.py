@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from umm_harness.compare import CompareRecipe, Comparison, compare
 from umm_harness.core.errors import ConfigError
+from umm_harness.runs import start_top_level_run
 from umm_harness.search_filters import quoted
 from umm_harness.tracking import log_batch
 
@@ -90,7 +91,8 @@ def _version(client: MlflowClient, name: str, ref: str) -> str:
             return str(client.get_model_version(name, ref).version)
         return str(client.get_model_version_by_alias(name, ref).version)
     except MlflowException:
-        raise ConfigError(f"registered model '{name}' has no version or alias '{ref}'") from None
+        hint = "" if ref.isdigit() else "; post-train it first (`umm train` or `mlflow run . -e train` sets 'challenger')"
+        raise ConfigError(f"registered model '{name}' has no version or alias '{ref}'{hint}") from None
 
 
 def _baseline(client: MlflowClient, recipe: PromoteRecipe, candidate: str) -> str:
@@ -128,7 +130,8 @@ def promote(recipe: PromoteRecipe) -> Decision:
     try:
         client.get_registered_model(recipe.model_name)
     except MlflowException:
-        raise ConfigError(f"registered model '{recipe.model_name}' does not exist") from None
+        raise ConfigError(f"registered model '{recipe.model_name}' does not exist; evaluate a model first "
+                          "(`umm eval` or `mlflow run . -e eval`), then post-train it") from None
     candidate = _version(client, recipe.model_name, recipe.candidate)
     baseline = _baseline(client, recipe, candidate)
     if baseline == candidate:
@@ -176,8 +179,7 @@ def _record(client: MlflowClient, recipe: PromoteRecipe, decision: Decision) -> 
              "gate": recipe.gate.model_dump(), "reasons": decision.reasons,
              "comparison_run": decision.comparison.run_id}
     earlier = history(recipe.model_name)
-    mlflow.set_experiment(PROMOTIONS_EXPERIMENT)
-    with mlflow.start_run(run_name=f"{recipe.model_name}: v{previous} -> v{decision.candidate}") as run:
+    with start_top_level_run(f"{recipe.model_name}: v{previous} -> v{decision.candidate}", PROMOTIONS_EXPERIMENT) as run:
         entry["promotion_run"] = run.info.run_id  # before it is written: the log names every promotion's run
         log_batch(tags={"umm.model_name": recipe.model_name, "umm.champion": decision.candidate,
                         "umm.previous_champion": str(previous)})

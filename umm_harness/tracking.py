@@ -215,3 +215,15 @@ def log_benchmark(benchmark: str, result: BenchmarkResult, cache: ResultCache, l
         log.warning("%s: %d sample(s) failed and were left out of the metrics (see samples/%s.jsonl)",
                     benchmark, len(result.failed), benchmark)
     return metrics
+
+
+def log_model_scores(benchmark: str, result: BenchmarkResult, metrics: dict[str, float], model_id: str | None) -> None:
+    """Attach the benchmark's official metrics to the evaluated model too (MLflow 3 logged-model
+    metrics, the benchmark as their dataset), so the registry's version pages show its scores."""
+    scores = official(metrics)
+    if model_id is None or not scores:
+        return
+    samples = pd.DataFrame({"sample_id": [s.id for s in result.samples],
+                            "category": [s.category for s in result.samples]})
+    dataset = mlflow.data.from_pandas(samples, name=benchmark)
+    mlflow.log_metrics(scores, model_id=model_id, dataset=dataset)
