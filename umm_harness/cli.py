@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,28 @@ def _setup_logging(verbose: bool) -> None:
     transformers.logging.set_verbosity_error()  # its generation-config chatter is not for our users
     if not verbose:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+        import mlflow  # noqa: F401 - importing it sets its loggers' levels: set ours after
+
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # store migrations etc.
+        _quiet_library_notices()
     from umm_harness.runner import progress_enabled
 
     if not progress_enabled():
         transformers.utils.logging.disable_progress_bar()
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # MLflow reads it per call
+
+
+def _quiet_library_notices() -> None:
+    """What libraries say to the developers of the code calling them (deprecations, DeepSpeed's
+    accelerator guess and its info chatter) is not for the user of a command; `-v` shows it."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # DeepSpeed sets its logger's level and handler when transformers imports it; a filter stays.
+    logging.getLogger("DeepSpeed").addFilter(_deepspeed_warnings_only)
+
+
+def _deepspeed_warnings_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING and not record.getMessage().startswith("Setting accelerator")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,9 +130,13 @@ def eval_command(recipe: str | None, guidance_scale: float | None, max_new_token
     summary = evaluate(loaded)
     if summary is None:  # a data-parallel rank other than 0
         return
+    from umm_harness.runs import where_to_look
+
     click.echo(f"run {summary.run_id}: {summary.model_name} version {summary.model_version}")
     for key in sorted(summary.metrics):
         click.echo(f"  {key:40s} {summary.metrics[key]:.4f}")
+    for line in where_to_look(summary.run_id, summary.model_name, summary.model_version):
+        click.echo(line)
 
 
 _LAUNCH_OPTIONS = ("--nproc", "--nnodes", "--node-rank", "--rdzv-endpoint")

@@ -202,7 +202,7 @@ def compare(recipe: CompareRecipe, log_run: bool = True) -> Comparison:
         comparison.run_id = _log_comparison(recipe, comparison, project_run)
         for version in versions:
             if version != baseline:
-                describe_version(recipe.model_name, version, _headline(comparison, version, recipe.suite))
+                describe_version(recipe.model_name, version, deltas=_headline(comparison, version, recipe.suite))
     return comparison
 
 
@@ -221,7 +221,7 @@ def _links(comparison: Comparison, suite: str) -> str:
              f"version {comparison.baseline} with paired bootstrap intervals.", "", "Evaluation runs compared:", ""]
     for version, run_id in comparison.eval_runs.items():
         run = client.get_run(run_id)
-        lines.append(f"- version {version}: [{run.info.run_name}]({run_path(run)})")
+        lines.append(f"- version {version}: [eval run {run_id}]({run_path(run)}) ({run.info.run_name})")
     return "\n".join(lines)
 
 

@@ -29,12 +29,12 @@ from umm_harness.config import EvalRecipe, flatten
 from umm_harness.distributed import Ranks, current_ranks
 from umm_harness.core.errors import ConfigError
 from umm_harness.model_ref import ResolvedModel, resolve_model, resolve_registered
-from umm_harness.model_registry import ensure_registered, logged_model_id
+from umm_harness.model_registry import describe_version, ensure_registered, logged_model_id
 from umm_harness.ray_executor import RayExecutor
 from umm_harness.runner import BenchmarkResult, pending_outputs, run_benchmark
 from umm_harness.runs import BENCHMARK_TAG, benchmark_runs, parent_runs, start_top_level_run, take_project_run
 from umm_harness.search_filters import quoted
-from umm_harness.tracking import git_commit, log_batch, log_benchmark, log_model_scores, official
+from umm_harness.tracking import git_commit, log_batch, log_benchmark, log_model_scores, official, score_summary
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,9 @@ def _evaluate_model(recipe: EvalRecipe, model: ResolvedModel, tasks: list[Task],
                 results[task.name] = result
         log_batch(metrics=metrics)
         run_id = parent.info.run_id
+    if official(metrics):  # a generate-only run has none yet
+        describe_version(model.registered_name, version,
+                         scores=score_summary(run_id, recipe.suite, recipe.limit, recipe.seed, metrics))
     return EvalSummary(run_id, model.registered_name, version, metrics, results)
 
 
@@ -254,6 +257,9 @@ def _score_logged_outputs(recipe: EvalRecipe, tasks: list[Task], samples: dict[s
                 metrics.update(logged)
                 results[task.name] = result
         log_batch(metrics=official(metrics))
+    if "umm.model_name" in tags and "umm.model_version" in tags:
+        describe_version(tags["umm.model_name"], tags["umm.model_version"],
+                         scores=score_summary(source.info.run_id, recipe.suite, recipe.limit, recipe.seed, metrics))
     return EvalSummary(source.info.run_id, tags.get("umm.model_name", ""), tags.get("umm.model_version", ""),
                        metrics, results)
 

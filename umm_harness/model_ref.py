@@ -14,6 +14,7 @@ import hashlib
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -155,8 +156,11 @@ def _checkpoint(cls: type[Backbone], source: str, digest: str, *, revision: str 
 def _tiny(name: str, place: Callable[..., tuple[Any, str, Path | None]]) -> ResolvedModel:
     folder = umm_home() / "tiny" / name
     if not any((folder / marker).is_file() for marker in ("config.json", *MARKER_FILES)):
-        log.info("building the tiny '%s' model at %s (first use)", name, folder)
+        log.info("building the tiny '%s' model at %s (first use only: a tokenizer and random weights, "
+                 "about 10 s)", name, folder)
+        started = time.perf_counter()
         tiny_builder(name)(folder, seed=0)
+        log.info("built the tiny '%s' model in %.0f s", name, time.perf_counter() - started)
     cls = backbone_class(infer_backbone(str(folder)))
     digest = flavor.folder_digest(folder)
     backbone, manager, served_from = place(cls, str(folder), digest, revision=None, copy_weights=True, options={})

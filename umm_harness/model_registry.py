@@ -78,13 +78,26 @@ def lineage(name: str, version: str) -> str:
     return f"Evaluated as registered from {tags.get('umm.base_model', mv.source)}."
 
 
-def describe_version(name: str, version: str, headline: str = "") -> None:
-    """The version's description, as the registry's pages show it: lineage, then `headline`."""
-    description = lineage(name, version) + (f"\n\n{headline}" if headline else "")
-    MlflowClient().update_model_version(name, version, description=description)
+# What the latest evaluation and comparison of a version said, kept as version tags and shown
+# in its description under its lineage.
+SUMMARY_TAGS = ("umm.scores", "umm.deltas")
+
+
+def describe_version(name: str, version: str, **summaries: str) -> None:
+    """The version's description, as the registry's pages show it: its lineage, then the
+    latest `scores=` (an evaluation) and `deltas=` (a comparison) given for it."""
+    client = MlflowClient()
+    for key, text in summaries.items():
+        client.set_model_version_tag(name, version, f"umm.{key}", text)
+    tags = client.get_model_version(name, version).tags
+    paragraphs = [lineage(name, version), *(tags[tag] for tag in SUMMARY_TAGS if tags.get(tag))]
+    client.update_model_version(name, version, description="\n\n".join(paragraphs))
 
 
 def logged_model_id(name: str, version: str) -> str | None:
     """The MLflow 3 logged model behind a registered version (None for a version registered
-    from a plain artifact folder), the model its evaluation metrics are attached to."""
-    return MlflowClient().get_model_version(name, version).model_id
+    from a plain artifact folder), the model its evaluation metrics are attached to. The SQL store
+    leaves `model_id` empty; the version's source (`models:/m-...`) names it."""
+    mv = MlflowClient().get_model_version(name, version)
+    source = mv.source or ""
+    return mv.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else None)

@@ -98,3 +98,21 @@ def benchmark_runs(parent_run_id: str, benchmark: str, stages: tuple[str, ...]) 
     children = find_runs(f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`{BENCHMARK_TAG}` = '{benchmark}' "
                          "and attributes.status = 'FINISHED'")
     return [run for run in children if run.data.tags.get("umm.stage") in stages]
+
+
+def where_to_look(run_id: str, model_name: str, model_version: str) -> list[str]:
+    """What a finished evaluation tells its user: where the run is, how to open it, which
+    registered version it made, and, for a random-weight tiny model, what its scores mean."""
+    run = MlflowClient().get_run(run_id)
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        lines = [f"results: {uri.rstrip('/')}/{run_path(run)}"]
+    else:
+        lines = [f"results: run {run_id}; to browse them: mlflow ui --backend-store-uri {uri}",
+                 f"  then open http://127.0.0.1:5000/{run_path(run)}"]
+    lines.append(f"registered model: models:/{model_name}/{model_version}")
+    version = MlflowClient().get_model_version(model_name, model_version)
+    if version.tags.get("umm.base_model", "").startswith("tiny:") and "umm.method" not in version.tags:
+        lines.append("note: this tiny model has random weights, so it scores near zero by design; "
+                     "`make loop` post-trains it and promotes the trained version when it scores better")
+    return lines

@@ -227,3 +227,9 @@ def log_model_scores(benchmark: str, result: BenchmarkResult, metrics: dict[str,
                             "category": [s.category for s in result.samples]})
     dataset = mlflow.data.from_pandas(samples, name=benchmark)
     mlflow.log_metrics(scores, model_id=model_id, dataset=dataset)
+
+
+def score_summary(run_id: str, suite: str, limit: int | None, seed: int, metrics: dict[str, float]) -> str:
+    """One paragraph of an evaluation's official metrics, for the evaluated version's description."""
+    values = ", ".join(f"{key} {value:.3f}" for key, value in sorted(official(metrics).items()))
+    return f"Scores on {suite} (limit {limit or 'all'}, seed {seed}; eval run {run_id}): {values}."
