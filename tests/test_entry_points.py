@@ -112,11 +112,12 @@ def test_the_mlflow_project_entry_points_chain_to_a_promotion(project):
 
     # The new version says what it is and what it changed; its scores sit on its logged model.
     v2 = client.get_model_version(MODEL, "2")
-    assert v2.description.startswith("sft of version 1") and "Against version 1 on shapes" in v2.description
-    assert "shapes/understanding_acc +0." in v2.description
+    assert v2.description.startswith("sft of version 1"), v2.description
+    eval_v2 = next(r for r in evals if r.data.tags["umm.model_version"] == "2")
+    assert f"Scores on shapes (limit {LIMIT}, seed 0; eval run {eval_v2.info.run_id})" in v2.description
+    assert "Against version 1 on shapes" in v2.description and "shapes/understanding_acc +0." in v2.description
     scores = {m.key: m for m in client.get_logged_model(v2.model_id).metrics}
     assert scores["shapes/understanding_acc"].dataset_name == "shapes"
-    eval_v2 = next(r for r in evals if r.data.tags["umm.model_version"] == "2")
     assert scores["shapes/understanding_acc"].value == eval_v2.data.metrics["shapes/understanding_acc"]
 
 

@@ -9,7 +9,10 @@ One layout whatever the entry point (`umm ...`, `mlflow run . -e ...`, the Pytho
 - runs go to the experiment the user named (`--experiment`, a recipe's `experiment:`,
   `mlflow run --experiment-name`, `MLFLOW_EXPERIMENT_NAME`, `mlflow.set_experiment`), else to
   MLflow's `Default`: the same place for every entry point;
-- those experiments are tagged for MLflow's model-training view (not the GenAI one).
+- those experiments are tagged for MLflow's model-training view (not the GenAI one). MLflow
+  3.17.2's UI itself follows its global "GenAI | Model training" switch (the `workflowType` URL
+  parameter, else the browser's last choice, GenAI at first), so the links we print carry
+  `workflowType=machine_learning`; the tag is what other MLflow versions and clients read.
 
 Readers tell a parent from a child by the `umm.benchmark` tag, not by nesting (a Python API
 caller may nest an evaluation in a run of their own), and search every experiment.
@@ -26,9 +29,9 @@ from mlflow.exceptions import MlflowException
 from umm_harness.core.errors import ConfigError
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-# The value MLflow 3.17's UI maps to its "Machine learning" (model-training) view; an experiment
-# without the tag is guessed at, and an empty one opens as "GenAI apps & agents".
+# The value MLflow's UI maps to its "Machine learning" (model-training) view.
 MODEL_TRAINING_KIND = "custom_model_development"
+MODEL_TRAINING_VIEW = "?workflowType=machine_learning"  # opens a UI page in that view (3.17.2)
 BENCHMARK_TAG = "umm.benchmark"
 
 
@@ -106,10 +109,10 @@ def where_to_look(run_id: str, model_name: str, model_version: str) -> list[str]
     run = MlflowClient().get_run(run_id)
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")):
-        lines = [f"results: {uri.rstrip('/')}/{run_path(run)}"]
+        lines = [f"results: {uri.rstrip('/')}/{run_path(run)}{MODEL_TRAINING_VIEW}"]
     else:
         lines = [f"results: run {run_id}; to browse them: mlflow ui --backend-store-uri {uri}",
-                 f"  then open http://127.0.0.1:5000/{run_path(run)}"]
+                 f"  then open http://127.0.0.1:5000/{run_path(run)}{MODEL_TRAINING_VIEW}"]
     lines.append(f"registered model: models:/{model_name}/{model_version}")
     version = MlflowClient().get_model_version(model_name, model_version)
     if version.tags.get("umm.base_model", "").startswith("tiny:") and "umm.method" not in version.tags:
