@@ -1,6 +1,8 @@
 """The MLflow UI as a researcher sees it, in Debian's headless Chromium (Playwright, no downloaded
-browser): the experiment's runs, two eval runs side by side, a run's generated images and its
-per-sample table, and the registered model with its `champion` alias. Screenshots go to
+browser): the experiment's runs in the model-training view, two eval runs side by side, a run's
+generated images and its per-sample table, the registered model with its `champion` alias, the
+versions' benchmark scores (on their logged models and in their descriptions), and the
+comparison run's links to the runs it compared. Screenshots go to
 `ci-artifacts/screenshots/` (kept by CI); every page is asserted on, not only photographed."""
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tests.ui_helpers import (
     scroll_compare_metrics,
     wait_for_text,
 )
+from umm_harness.runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, MODEL_TRAINING_VIEW
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +43,11 @@ def store(tmp_path_factory, tiny_janus_dir):
     seed-1 weights), v1 aliased `champion` and v2 `challenger`, in a SQLite store."""
     require_chromium()
     from model_flavors.janus import build_tiny
+    from umm_harness.compare import CompareRecipe, compare
     from umm_harness.config import EvalRecipe
     from umm_harness.evaluate import evaluate
+    from umm_harness.model_registry import logged_model_id
+    from umm_harness.runs import where_to_look
 
     root = tmp_path_factory.mktemp("ui_store")
     home = root / "umm_home"
@@ -62,6 +68,9 @@ def store(tmp_path_factory, tiny_janus_dir):
         assert (first.model_version, second.model_version) == ("1", "2")
         client.set_registered_model_alias(MODEL, "champion", "1")
         client.set_registered_model_alias(MODEL, "challenger", "2")
+        comparison = compare(CompareRecipe(versions=["1", "2"], limit=LIMIT, bootstrap=100, experiment="umm-eval"))
+        assert set(comparison.eval_runs.values()) == {first.run_id, second.run_id}  # reused, not rerun
+        printed = where_to_look(first.run_id, MODEL, "1")
         experiment = client.get_experiment_by_name("umm-eval")
         children = {}
         for summary in (first, second):
@@ -72,6 +81,10 @@ def store(tmp_path_factory, tiny_janus_dir):
             "uri": uri, "root": root, "experiment_id": experiment.experiment_id,
             "parents": [first.run_id, second.run_id],
             "children": [children[first.run_id], children[second.run_id]],
+            "comparison": comparison, "printed": printed,
+            "model_ids": {v: logged_model_id(MODEL, v) for v in ("1", "2")},
+            "scores": {v: {m.key: m.value for m in client.get_logged_model(logged_model_id(MODEL, v)).metrics}
+                       for v in ("1", "2")},
         }
         _forget_mlflow_state()
     with mlflow_ui(uri, root) as url:
@@ -89,7 +102,7 @@ def test_experiment_page_lists_both_eval_runs(store):
         page.wait_for_function("() => document.body.innerText.includes('matching runs')")
         assert runs.count() == 2
         text = page.inner_text("body")
-        assert re.search(r"\b4 matching runs\b", text), text[-500:]  # 2 parents + 2 children
+        assert re.search(r"\b5 matching runs\b", text), text[-500:]  # 2 parents + 2 children + 1 comparison
         assert "v1" in text and "v2" in text  # the Models column: each run's registered version
         screenshot(page, "01_experiment_runs")
 
@@ -203,3 +216,90 @@ def test_registered_model_page_shows_versions_and_the_champion_alias(store):
         assert "challenger" in v2.inner_text() and "champion" not in v2.inner_text()
         assert "umm.weights_digest" in page.inner_text("body")
         screenshot(page, "05_registered_model")
+
+
+def test_the_printed_link_opens_the_experiment_in_the_model_training_view(store):
+    assert MlflowClient(store["uri"]).get_experiment(store["experiment_id"]).tags[EXPERIMENT_KIND_TAG] == \
+        MODEL_TRAINING_KIND
+    # What `umm eval` / `make eval` prints: the `mlflow ui` command, then the run's address.
+    (address,) = [line.split("open ", 1)[1] for line in store["printed"] if " then open " in line]
+    run_id = store["parents"][0]
+    assert address.endswith(f"#/experiments/{store['experiment_id']}/runs/{run_id}{MODEL_TRAINING_VIEW}")
+    with browser_page() as page:
+        page.goto(store["url"] + "/" + address.split("/", 3)[3])
+        close_assistant(page)
+        wait_for_text(page, f"{MODEL} × shapes")
+        assert run_id in page.inner_text("body")
+        # The experiment itself, through the same view: its runs table, the model-training side bar.
+        page.goto("about:blank")
+        page.goto(f"{store['url']}/#/experiments/{store['experiment_id']}{MODEL_TRAINING_VIEW}")
+        close_assistant(page)
+        page.wait_for_url(re.compile(r".*/runs\?.*workflowType=machine_learning"))
+        page.wait_for_function("() => document.body.innerText.includes('matching runs')")
+        nav = page.inner_text("body")
+        assert "Models" in nav and "Evaluation runs" not in nav and "Sessions" not in nav  # not the GenAI bar
+        screenshot(page, "06_model_training_view")
+
+
+def _as_shown(value: float) -> str:
+    """A metric value as the UI prints it (JavaScript's shortest form: 0, 0.25, 0.4637...)."""
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+def test_logged_models_show_each_versions_scores_side_by_side(store):
+    v1, v2 = store["scores"]["1"], store["scores"]["2"]
+    assert {"shapes/understanding_acc", "shapes/generation_overall"} <= set(v1) & set(v2)
+    with browser_page() as page:
+        page.goto(f"{store['url']}/#/experiments/{store['experiment_id']}/models{MODEL_TRAINING_VIEW}")
+        close_assistant(page)
+        wait_for_text(page, "shapes/understanding_acc")
+        rows = page.get_by_role("row")
+        for version, scores in (("1", v1), ("2", v2)):
+            row = rows.filter(has_text=f"v{version}").first
+            row.wait_for()
+            assert "shapes" in row.inner_text()  # the benchmark is the metrics' dataset
+            assert _as_shown(scores["shapes/understanding_acc"]) in row.inner_text(), row.inner_text()
+        screenshot(page, "07_logged_models_scores")
+        page.goto("about:blank")
+        page.goto(f"{store['url']}/#/experiments/{store['experiment_id']}/models/{store['model_ids']['2']}"
+                  f"{MODEL_TRAINING_VIEW}")
+        close_assistant(page)
+        wait_for_text(page, "shapes/understanding_acc")
+        text = page.inner_text("body")
+        for key in ("shapes/understanding_acc", "shapes/generation_overall"):
+            assert key in text
+        assert _as_shown(v2["shapes/understanding_acc"]) in text
+        screenshot(page, "08_logged_model_metrics")
+
+
+def test_a_version_page_says_its_lineage_scores_and_deltas(store):
+    comparison = store["comparison"]
+    with browser_page() as page:
+        page.goto(f"{store['url']}/#/models/{MODEL}/versions/2")
+        close_assistant(page)
+        wait_for_text(page, "Version 2")
+        page.get_by_text("Against version 1 on shapes", exact=False).first.wait_for()
+        text = page.inner_text("body")
+        assert "Evaluated as registered from" in text
+        assert f"eval run {store['parents'][1]}" in text and "shapes/understanding_acc" in text
+        assert f"comparison run {comparison.run_id}" in text
+        screenshot(page, "09_model_version_description")
+
+
+def test_the_comparison_run_links_the_runs_it_compared(store):
+    comparison = store["comparison"]
+    with browser_page() as page:
+        page.goto(f"{store['url']}/#/experiments/{store['experiment_id']}/runs/{comparison.run_id}{MODEL_TRAINING_VIEW}")
+        close_assistant(page)
+        wait_for_text(page, "Evaluation runs compared:")
+        more = page.get_by_text("Show more", exact=True)
+        if more.count():
+            more.first.click()
+        for run_id in comparison.eval_runs.values():
+            link = page.get_by_role("link", name=f"eval run {run_id}")
+            assert link.get_attribute("href").endswith(f"/runs/{run_id}"), link.get_attribute("href")
+        screenshot(page, "10_comparison_links")
+        first = store["parents"][0]
+        page.get_by_role("link", name=f"eval run {first}").click()
+        page.wait_for_url(re.compile(f".*/runs/{first}"))
+        wait_for_text(page, f"{MODEL} × shapes")
