@@ -263,7 +263,7 @@ def test_two_data_parallel_ranks_give_exactly_the_one_rank_run(workspace, tmp_pa
     assert len(keys) == len(set(keys)) == one_rank.results["shapes"].computed
 
     client = MlflowClient()
-    runs = client.search_runs([client.get_experiment_by_name("umm-eval").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name("Default").experiment_id],
                               "tags.`umm.ranks` = '2' and tags.`umm.benchmark` = 'shapes'")
     (child,) = runs
     assert official({k: v for k, v in child.data.metrics.items()}) == official(one_rank.metrics)
@@ -393,7 +393,7 @@ def test_a_killed_rank_resumes_without_recomputing_and_matches_the_one_rank_run(
     assert len(keys) == len(set(keys)) == total  # nothing computed twice, nothing missing
 
     client = MlflowClient()
-    (child,) = client.search_runs([client.get_experiment_by_name("umm-eval").experiment_id],
+    (child,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id],
                                   "tags.`umm.ranks` = '2' and tags.`umm.benchmark` = 'shapes' "
                                   "and attributes.status = 'FINISHED'")
     assert child.data.metrics["shapes/outputs_computed"] == total - done_before

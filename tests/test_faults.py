@@ -194,7 +194,7 @@ def test_an_eval_killed_while_generating_scoring_and_logging_resumes_exactly(wor
 
     # What the three killed processes left in MLflow: parent runs that never ended.
     client = MlflowClient()
-    experiment = client.get_experiment_by_name("umm-eval")
+    experiment = client.get_experiment_by_name("Default")
     parents = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
     statuses = sorted(r.info.status for r in parents)
     print(f"parent run statuses after 3 kills and 2 complete runs: {statuses}")

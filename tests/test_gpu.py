@@ -69,6 +69,6 @@ def test_two_nccl_ranks_share_the_work_and_log_one_run(workspace):
     keys = [(row["sample_id"], row["k"]) for p in logs for row in map(json.loads, p.read_text().splitlines())]
     assert len(keys) == len(set(keys)) > 0
     client = MlflowClient()
-    (child,) = client.search_runs([client.get_experiment_by_name("umm-eval").experiment_id],
+    (child,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id],
                                   "tags.`umm.ranks` = '2' and tags.`umm.benchmark` = 'shapes'")
     assert child.data.metrics["shapes/outputs_computed"] == len(keys)

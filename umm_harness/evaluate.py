@@ -115,7 +115,7 @@ def _evaluate_model(recipe: EvalRecipe, model: ResolvedModel, tasks: list[Task],
         log_batch(params=flatten(recipe.model_dump(mode="json"), "recipe."), tags=common_tags)
         mlflow.log_dict(recipe.model_dump(mode="json"), "recipe.yaml")
         for task in tasks:
-            with mlflow.start_run(run_name=task.name, nested=True):
+            with mlflow.start_run(run_name=task.name, nested=True, experiment_id=parent.info.experiment_id):
                 log_batch(tags={**common_tags, "umm.benchmark": task.name, **_scorer_tag(task), **task.run_tags()})
                 result, cache = _run_task(task, model, recipe, ranks, samples[task.name], caches[task.name])
                 _tag_if_all_skipped(task.name, result)
@@ -267,7 +267,7 @@ def _score_logged_outputs(recipe: EvalRecipe, tasks: list[Task], samples: dict[s
 def _score_run(benchmark: str, source: Run, run_id: str | None) -> mlflow.ActiveRun:
     """A new child of `source` for one benchmark's scores, or the handed-over project run made one."""
     if run_id is None:
-        return mlflow.start_run(run_name=f"{benchmark} (score)", nested=True)
+        return mlflow.start_run(run_name=f"{benchmark} (score)", nested=True, experiment_id=source.info.experiment_id)
     MlflowClient().log_batch(run_id, tags=[RunTag("mlflow.parentRunId", source.info.run_id),
                                            RunTag("mlflow.runName", f"{benchmark} (score)")])
     return mlflow.start_run(run_id=run_id, nested=True)
