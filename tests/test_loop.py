@@ -27,6 +27,12 @@ def test_a_better_version_is_promoted_and_a_worse_one_refused(workspace, tmp_pat
     assert client.get_model_version_by_alias("janus-pro-tiny", "champion").version == 2
     gain = result.comparison.delta("shapes/understanding_acc", "2")
     assert gain.delta >= 0.15 and gain.low > 0.02
+    # One run tells the loop's story, linking every step's run, in the experiment of the others.
+    (story,) = client.search_runs(["0"], "tags.`umm.stage` = 'loop'")
+    assert story.data.tags["umm.promoted"] == "true" and story.data.tags["umm.new_version"] == "2"
+    assert f"/runs/{result.comparison.run_id})" in story.data.tags["mlflow.note.content"]
+    for run_id in result.comparison.eval_runs.values():
+        assert f"/runs/{run_id})" in story.data.tags["mlflow.note.content"]
 
     # Version 1 as the candidate against champion 2: refused, nothing changes.
     worse = promote(PromoteRecipe(candidate="1", gate=gate, limit=LIMIT, bootstrap=300))
