@@ -301,6 +301,11 @@ def test_the_comparison_run_links_the_runs_it_compared(store):
             assert link.get_attribute("href").endswith(f"/runs/{run_id}"), link.get_attribute("href")
         screenshot(page, "10_comparison_links")
         first = store["parents"][0]
-        page.get_by_role("link", name=f"eval run {first}").click()
-        page.wait_for_function(f"() => location.hash.includes('/runs/{first}')")  # the app routes in place
-        page.get_by_role("heading", name=f"{MODEL} × shapes").first.wait_for()
+        link = page.get_by_role("link", name=f"eval run {first}")
+        assert link.get_attribute("target") == "_blank", link.evaluate("a => a.outerHTML")  # descriptions open a tab
+        with page.context.expect_page() as opened:
+            link.click()
+        run_page = opened.value
+        run_page.wait_for_function(f"() => location.hash.includes('/runs/{first}')")
+        run_page.get_by_role("heading", name=f"{MODEL} × shapes").first.wait_for()
+        assert first in run_page.inner_text("body")
