@@ -330,7 +330,7 @@ def test_two_nodes_share_the_work_and_a_lost_node_is_recovered_by_a_rerun(worksp
     assert not list((umm_home() / "cache").glob("*/outputs*.jsonl"))  # --cache-dir, not $UMM_HOME/cache
 
     client = MlflowClient()
-    (child,) = client.search_runs([client.get_experiment_by_name("umm-eval").experiment_id],
+    (child,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id],
                                   "tags.`umm.ranks` = '2' and tags.`umm.benchmark` = 'shapes' "
                                   "and attributes.status = 'FINISHED'")
     assert child.data.metrics["shapes/outputs_reused"] == done_before

@@ -429,7 +429,7 @@ def _latest(output: Path) -> int:
 
 def _logged_steps() -> list[int]:
     client = MlflowClient()
-    experiment = client.get_experiment_by_name("umm-train")
+    experiment = client.get_experiment_by_name("Default")
     if experiment is None:
         return []
     runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")

@@ -73,7 +73,7 @@ def test_a_killed_ray_driver_resumes_from_the_cache(workspace, tmp_path):
     for key, line in before.items():
         assert after[key] == line  # nothing finished was recomputed
     client = mlflow.MlflowClient()
-    (child,) = client.search_runs([client.get_experiment_by_name("umm-eval").experiment_id],
+    (child,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id],
                                   "tags.`umm.benchmark` = 'shapes' and attributes.status = 'FINISHED'")
     assert child.data.metrics["shapes/outputs_reused"] == len(before)
     assert child.data.metrics["shapes/outputs_computed"] == len(after) - len(before)
