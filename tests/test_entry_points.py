@@ -21,6 +21,7 @@ from tests.conftest import REPO, umm
 from umm_harness.cli import main
 from umm_harness.config import EvalRecipe
 from umm_harness.evaluate import evaluate
+from umm_harness.model_registry import logged_model_id
 from umm_harness.runs import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
 
 pytestmark = pytest.mark.slow
@@ -116,7 +117,7 @@ def test_the_mlflow_project_entry_points_chain_to_a_promotion(project):
     eval_v2 = next(r for r in evals if r.data.tags["umm.model_version"] == "2")
     assert f"Scores on shapes (limit {LIMIT}, seed 0; eval run {eval_v2.info.run_id})" in v2.description
     assert "Against version 1 on shapes" in v2.description and "shapes/understanding_acc +0." in v2.description
-    scores = {m.key: m for m in client.get_logged_model(v2.model_id).metrics}
+    scores = {m.key: m for m in client.get_logged_model(logged_model_id(MODEL, "2")).metrics}
     assert scores["shapes/understanding_acc"].dataset_name == "shapes"
     assert scores["shapes/understanding_acc"].value == eval_v2.data.metrics["shapes/understanding_acc"]
 
