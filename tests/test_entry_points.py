@@ -84,7 +84,13 @@ def _assert_one_layout(client: MlflowClient, experiment_id: str) -> None:
 @pytest.mark.timeout(1800)  # five `mlflow run` processes and a 250-step training, on a busy machine
 def test_the_mlflow_project_entry_points_chain_to_a_promotion(project):
     client = MlflowClient()
-    mlflow_run(project, "eval", limit=LIMIT)
+    first = mlflow_run(project, "eval", limit=LIMIT)
+    # What a newcomer reads at the end: where the results are, and what a random model's scores mean;
+    # not the libraries' notices to developers.
+    assert "then open http://127.0.0.1:5000/#/experiments/0/runs/" in first.stdout, first.stdout[-2000:]
+    assert "registered model: models:/janus-pro-tiny/1" in first.stdout and "`make loop`" in first.stdout
+    for notice in ("FutureWarning", "DeprecationWarning", "Setting accelerator"):
+        assert notice not in first.stdout + first.stderr, notice
     mlflow_run(project, "train", recipe=_train_recipe(project, steps=250))
     assert client.get_model_version_by_alias(MODEL, "challenger").version == 2
     mlflow_run(project, "eval", model=f"models:/{MODEL}@challenger", limit=LIMIT)
