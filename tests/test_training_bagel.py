@@ -231,7 +231,7 @@ def test_a_lora_rank_above_a_layers_size_is_refused_before_any_step(base):
     with pytest.raises(ConfigError, match="lora.merge: false keeps adapter files that backbone 'bagel' does not load"):
         train(recipe(method="lora", lora={"rank": 4, "merge": False}))
     assert [str(mv.version) for mv in MlflowClient().search_model_versions(f"name = '{NAME}'")] == ["1"]
-    assert not mlflow.search_runs(experiment_names=["umm-train"]).shape[0]
+    assert not mlflow.search_runs(search_all_experiments=True, filter_string="tags.`umm.stage` = 'train'").shape[0]
 
 
 def test_bagel_behind_a_server_cannot_be_trained():
