@@ -125,6 +125,9 @@ class ModelServer:
         env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S),
                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+               # MLflow's INFO lines say whether the environment was built or reused (read below),
+               # whatever level the calling command quietened MLflow's own logging to
+               "MLFLOW_LOGGING_LEVEL": "INFO",
                "SERVING_MODEL_CONFIG": json.dumps(model_config or {})}
         if env_manager == "uv":
             env.update(pip_sources_for_uv())
