@@ -48,6 +48,7 @@ from transformers import (
     LogitsProcessor,
 )
 
+from model_flavors.replies import greedy_params, text_results
 from umm_harness.core.tiny_tokenizer import train_tiny_tokenizer
 from umm_harness.core.acceleration import compile_forward, select_attn_implementation
 from umm_harness.core.backbone import Backbone, ModelInfo, require_safetensors
@@ -238,9 +239,7 @@ class Emu3(Backbone):
     def understand(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
         self.check_supports("understanding")
         start = time.perf_counter()
-        params = [r.params.merged_over(self.default_params("understanding")) for r in requests]
-        if any(p.temperature for p in params):
-            raise ValueError("emu3 understanding is greedy: set temperature to 0 or leave it unset")
+        params = greedy_params(self, requests)
         chat = self._role("chat")
         model, processor = chat.model, chat.processor
         texts = [self._chat_prompt(processor, r.prompt or "", len(r.images)) for r in requests]
@@ -265,14 +264,7 @@ class Emu3(Backbone):
             inputs_embeds=embeds, attention_mask=inputs["attention_mask"].to(model.device), max_new_tokens=longest,
             do_sample=False, pad_token_id=processor.tokenizer.pad_token_id,
         )
-        elapsed = (time.perf_counter() - start) / len(requests)
-        return [
-            InferenceResult(
-                text=processor.tokenizer.decode(row[: p.max_new_tokens], skip_special_tokens=True).strip(),
-                params=p, elapsed_s=elapsed,
-            )
-            for row, p in zip(output, params)
-        ]
+        return text_results(processor.tokenizer, output, params, (time.perf_counter() - start) / len(requests))
 
     # -- generation ----------------------------------------------------------------------
 

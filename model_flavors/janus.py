@@ -31,6 +31,7 @@ from transformers import (
 from torch import nn
 
 from model_flavors import janus_presets, janus_training
+from model_flavors.replies import greedy_params, text_results
 from umm_harness.core.tiny_tokenizer import train_tiny_tokenizer
 from umm_harness.core.acceleration import compile_forward, select_attn_implementation
 from umm_harness.core.backbone import Backbone, ModelInfo, require_safetensors
@@ -97,9 +98,7 @@ class JanusPro(Backbone, Trainable):
     def understand(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
         self.check_supports("understanding")
         start = time.perf_counter()
-        params = [r.params.merged_over(self.default_params("understanding")) for r in requests]
-        if any(p.temperature for p in params):
-            raise ValueError("janus_pro understanding is greedy: set temperature to 0 or leave it unset")
+        params = greedy_params(self, requests)
         texts = [self._chat_prompt(r.prompt or "", len(r.images)) for r in requests]
         images = [img for r in requests for img in r.images]
         inputs = self.processor(text=texts, images=images or None, generation_mode="text", padding=True)
@@ -111,15 +110,7 @@ class JanusPro(Backbone, Trainable):
             **inputs, max_new_tokens=longest, do_sample=False, pad_token_id=self.processor.tokenizer.pad_token_id
         )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        elapsed = (time.perf_counter() - start) / len(requests)
-        return [
-            InferenceResult(
-                text=self.processor.tokenizer.decode(row[: p.max_new_tokens], skip_special_tokens=True).strip(),
-                params=p,
-                elapsed_s=elapsed,
-            )
-            for row, p in zip(new_tokens, params)
-        ]
+        return text_results(self.processor.tokenizer, new_tokens, params, (time.perf_counter() - start) / len(requests))
 
     # -- generation ----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ regenerates.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -72,6 +73,9 @@ class Task(ABC):
     # own names (`metric_prefix`), so they never sit beside official ones in a comparison.
     scoring_mode: str = "official"
     protocol: str | None = None
+    # What scores the outputs besides the task's own rules (detector, judge, options), when
+    # something does; it keys cached scores and is written into every record.
+    scorer_id: str | None = None
 
     def __init__(self, data_dir: Path | None = None):
         self.data_dir = data_dir
@@ -93,6 +97,19 @@ class Task(ABC):
     @abstractmethod
     def score(self, sample: Sample, outputs: list[Output]) -> dict[str, Any]:
         """A JSON-serialisable record for one sample; it must hold a float `score`."""
+
+    def scored(self, samples: list[Sample],
+               records: dict[str, dict[str, Any]]) -> Iterator[tuple[Sample, dict[str, Any]]]:
+        """Each sample that has a record, with it. A record of another scorer (`scorer_id`: detector,
+        judge, options) is refused, since its scores do not add up with this scorer's."""
+        for sample in samples:
+            record = records.get(sample.id)
+            if record is None:
+                continue
+            if record.get("scorer") != self.scorer_id:
+                raise ValueError(f"{self.name}: sample {sample.id} was scored by {record.get('scorer')!r}, not "
+                                 f"{self.scorer_id!r}; re-score all samples with one scorer")
+            yield sample, record
 
     @abstractmethod
     def aggregate(self, samples: list[Sample], records: dict[str, dict[str, Any]]) -> dict[str, float]:

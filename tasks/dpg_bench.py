@@ -218,13 +218,7 @@ class DPGBenchTask(Task):
     def aggregate(self, samples: list[Sample], records: dict[str, dict[str, Any]]) -> dict[str, float]:
         scored: list[ItemScore] = []
         dropped = missing = 0
-        for sample in samples:
-            record = records.get(sample.id)
-            if record is None:
-                continue
-            if record.get("scorer") != self.scorer_id:
-                raise ValueError(f"dpg_bench: sample {sample.id} was scored by {record.get('scorer')!r}, not "
-                                 f"{self.scorer_id!r}; re-score all samples with one scorer")
+        for sample, record in self.scored(samples, records):
             missing += int(record.get("missing_images", 0))
             if record.get("dropped"):
                 dropped += 1

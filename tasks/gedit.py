@@ -49,10 +49,11 @@ from typing import Any, ClassVar, Literal
 
 from PIL import Image, ImageOps
 
-from tasks.base import Output, Sample, Task
+from tasks.base import Output, Sample
 from tasks.hub_data import HubSource, image_cell, load_rows
+from tasks.judged import JudgedTask
 from tasks.judges.parsing import ONE_RETRY
-from tasks.judges.vision import LazyVisionJudge, VisionRequest, vision_judge_all
+from tasks.judges.vision import VisionRequest, vision_judge_all
 from tasks.scorers.gedit_rules import (
     MAX_TOKENS,
     edit_for_judging,
@@ -104,7 +105,7 @@ def _judge_view(image: Image.Image, image_format: str) -> Image.Image:
         return compressed.convert("RGB")
 
 
-class GEditTask(Task):
+class GEditTask(JudgedTask):
     name: ClassVar[str] = "gedit"
     two_stage: ClassVar[bool] = True
 
@@ -112,7 +113,7 @@ class GEditTask(Task):
                  languages: list[str] | None = None, input_area: int | None = 512 * 512,
                  unparsable: Unparsable = "guess", judge_image_format: Literal["jpeg", "png"] = "jpeg",
                  hub_id: str = HUB_ID, revision: str | None = None):
-        super().__init__(data_dir)
+        super().__init__(data_dir, judge, cache_dir)
         if unparsable not in ("guess", "zero", "drop"):
             raise ConfigError(f"gedit: unparsable must be guess, zero or drop, not {unparsable!r}")
         if judge_image_format not in ("jpeg", "png"):
@@ -124,18 +125,10 @@ class GEditTask(Task):
         self.unparsable = unparsable
         self.judge_image_format = judge_image_format
         self.source = HubSource(hub_id=hub_id, split=SPLIT, revision=revision)
-        self._judge = LazyVisionJudge(judge, cache_dir)
         self._sources: dict[str, Any] = {}  # sample id → the judged source's image cell (decoded when scored)
 
-    @property
-    def judge(self) -> Any:
-        return self._judge.get()
-
-    @property
-    def scorer_id(self) -> str | None:
-        """The judge's id and the scoring options; known without building the judge."""
-        judge = self._judge.id
-        return f"{judge};unparsable={self.unparsable};images={self.judge_image_format}" if judge else None
+    def scoring_options(self) -> str:
+        return f";unparsable={self.unparsable};images={self.judge_image_format}"
 
     def samples(self) -> list[Sample]:
         samples = []

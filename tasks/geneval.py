@@ -133,13 +133,7 @@ class GenEvalTask(Task):
         judged: list[tuple[str, bool]] = []
         per_prompt: dict[str, bool] = {}  # metadata JSON → any image correct
         missing = 0
-        for sample in samples:
-            record = records.get(sample.id)
-            if record is None:
-                continue
-            if record.get("scorer") != self.scorer_id:
-                raise ValueError(f"geneval: sample {sample.id} was scored by {record.get('scorer')!r}, not "
-                                 f"{self.scorer_id!r}; re-score all samples with one scorer")
+        for sample, record in self.scored(samples, records):
             flags = [bool(image["correct"]) for image in record["images"]]
             missing += sum(bool(image.get("missing")) for image in record["images"])
             judged += [(record["tag"], flag) for flag in flags]

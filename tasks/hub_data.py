@@ -17,6 +17,8 @@ instead of the whole load.
 from __future__ import annotations
 
 import re
+import tarfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from umm_harness.core.errors import ConfigError
+from umm_harness.core.home import umm_home
 
 Row = dict[str, Any]
 
@@ -136,3 +139,48 @@ def _hub_rows(source: HubSource, config: str | None) -> list[Row]:
         if isinstance(feature, datasets.Image):
             ds = ds.cast_column(column, datasets.Image(decode=False))
     return list(ds)
+
+
+class HubArchive(BaseModel):
+    """A benchmark published as one archive file in a hub dataset (image folders and side files)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bench: str
+    hub_id: str
+    file: str
+    revision: str | None = None
+
+
+def extracted_root(archive: HubArchive, data_dir: Path | None, is_root: Callable[[Path], bool], *,
+                   layouts: Sequence[str], expected: str) -> Path:
+    """The folder holding the archive's contents: under `data_dir` when the user extracted it there,
+    else in the harness's cache, downloaded and extracted on first use.
+
+    `layouts` are the sub-folders ("" for the folder itself) where the contents may sit;
+    `expected` names what `is_root` looks for, for the errors."""
+
+    def first(base: Path) -> Path | None:
+        return next((base / sub for sub in layouts if is_root(base / sub)), None)
+
+    where = f"{archive.file} of the hub dataset {archive.hub_id}"
+    if data_dir is not None:
+        if found := first(Path(data_dir)):
+            return found
+        raise ConfigError(f"{archive.bench}: --data-dir {data_dir} holds no {expected}; extract {where} there")
+    target = umm_home() / "benchmarks" / archive.bench
+    if found := first(target):
+        return found
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(archive.hub_id, archive.file, repo_type="dataset", revision=archive.revision)
+    except Exception as exc:  # offline, gated, renamed
+        raise ConfigError(f"{archive.bench}: could not download {where} ({type(exc).__name__}); download and "
+                          f"extract it, then pass --data-dir with the extracted folder") from None
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path) as tar:
+        tar.extractall(target, filter="data")
+    if found := first(target):
+        return found
+    raise ConfigError(f"{archive.bench}: {path} did not extract to {expected} under {target}")

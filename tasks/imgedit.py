@@ -35,17 +35,17 @@ from __future__ import annotations
 
 import ast
 import json
-import tarfile
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tasks.base import Output, Sample, Task
+from tasks.base import Output, Sample
 from tasks.benchmark_files import BenchmarkFile, fetch, find_local
+from tasks.hub_data import HubArchive, extracted_root
+from tasks.judged import JudgedTask
 from tasks.judges.parsing import Attempt
-from tasks.judges.vision import LazyVisionJudge, VisionRequest, vision_judge_all
+from tasks.judges.vision import VisionRequest, vision_judge_all
 from tasks.scorers.imgedit_rules import MAX_TOKENS, image_score, parse_reply, summarize
 from umm_harness.core.errors import ConfigError
-from umm_harness.core.home import umm_home
 
 COMMIT = "547185d12c08267a862b94248576e1746e479937"
 _RAW = f"https://raw.githubusercontent.com/PKU-YuanGroup/ImgEdit/{COMMIT}/Benchmark"
@@ -71,30 +71,21 @@ def uge_prompt(script: Path) -> str:
     raise ConfigError(f"imgedit: {script} defines no `prompt` string; is it the published UGE_bench.py?")
 
 
-class ImgEditTask(Task):
+class ImgEditTask(JudgedTask):
     name: ClassVar[str] = "imgedit"
     two_stage: ClassVar[bool] = True
 
     def __init__(self, data_dir: Path | None = None, *, judge: Any = None, cache_dir: Path | None = None,
                  subsets: list[str] | None = None, basic_images: str = "singleturn", uge_images: str = "hard",
                  revision: str | None = None):
-        super().__init__(data_dir)
+        super().__init__(data_dir, judge, cache_dir)
         unknown = sorted(set(subsets or []) - set(SUBSETS))
         if unknown:
             raise ConfigError(f"imgedit: unknown subset {unknown[0]!r}; subsets: {', '.join(SUBSETS)}")
         self.subsets = [s for s in SUBSETS if s in (subsets or SUBSETS)]
         self.image_folders = {"basic": basic_images, "uge": uge_images}
         self.revision = revision
-        self._judge = LazyVisionJudge(judge, cache_dir)
         self._prompts: dict[str, str] | None = None
-
-    @property
-    def judge(self) -> Any:
-        return self._judge.get()
-
-    @property
-    def scorer_id(self) -> str | None:
-        return self._judge.id
 
     # --- data ----------------------------------------------------------------------------------
 
@@ -105,31 +96,10 @@ class ImgEditTask(Task):
         def is_root(folder: Path) -> bool:
             return all((folder / name).is_dir() for name in folders)
 
-        if self.data_dir is not None:
-            base = Path(self.data_dir)
-            for folder in (base, base / "Benchmark", base / "imgedit", base / "imgedit" / "Benchmark"):
-                if is_root(folder):
-                    return folder
-            raise ConfigError(f"imgedit: --data-dir {base} has no {' and '.join(folders)} image folder(s); extract "
-                              f"{ARCHIVE} of the hub dataset {HUB_ID} there")
-        target = umm_home() / "benchmarks" / "imgedit"
-        for folder in (target / "Benchmark", target):
-            if is_root(folder):
-                return folder
-        try:
-            from huggingface_hub import hf_hub_download
-
-            archive = hf_hub_download(HUB_ID, ARCHIVE, repo_type="dataset", revision=self.revision)
-        except Exception as exc:  # offline, gated, renamed
-            raise ConfigError(f"imgedit: could not download {ARCHIVE} of {HUB_ID} ({type(exc).__name__}); download "
-                              "and extract it, then pass --data-dir with the extracted folder") from None
-        target.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
-        for folder in (target / "Benchmark", target):
-            if is_root(folder):
-                return folder
-        raise ConfigError(f"imgedit: {archive} did not extract to {'/, '.join(folders)}/ folders under {target}")
+        archive = HubArchive(bench="imgedit", hub_id=HUB_ID, file=ARCHIVE, revision=self.revision)
+        return extracted_root(archive, self.data_dir, is_root,
+                              layouts=("", "Benchmark", "imgedit", "imgedit/Benchmark"),
+                              expected=f"{' and '.join(folders)} image folder(s)")
 
     def _file(self, file: BenchmarkFile, root: Path) -> Path:
         """A published file: beside the images, else under --data-dir, else downloaded (no --data-dir)."""

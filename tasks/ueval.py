@@ -35,9 +35,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from tasks.base import Output, Sample, Task
+from tasks.base import Output, Sample
 from tasks.hub_data import HubSource, load_rows
+from tasks.judged import JudgedTask
 from tasks.judges.parsing import ONE_RETRY
+from tasks.judges.vision import VisionRequest, vision_judge_all
 from tasks.scorers.ueval_rules import (
     MAX_TOKENS,
     SYSTEM,
@@ -50,37 +52,28 @@ from tasks.scorers.ueval_rules import (
     rate,
     text_prompt,
 )
-from tasks.judges.vision import LazyVisionJudge, VisionRequest, vision_judge_all
 
 HUB_ID = "zlab-princeton/UEval"
 SPLIT = "test"
 TEXT, IMAGE = "text", "image"
 
 
-class UEvalTask(Task):
+class UEvalTask(JudgedTask):
     name: ClassVar[str] = "ueval"
     two_stage: ClassVar[bool] = True
 
     def __init__(self, data_dir: Path | None = None, *, judge: Any = None, cache_dir: Path | None = None,
                  question_type: Literal["official", "dataset"] = "official", hub_id: str = HUB_ID,
                  revision: str | None = None):
-        super().__init__(data_dir)
+        super().__init__(data_dir, judge, cache_dir)
         if question_type not in ("official", "dataset"):
             raise ValueError("question_type must be 'official' or 'dataset'")
         self.question_type = question_type
         self.source = HubSource(hub_id=hub_id, split=SPLIT, revision=revision)
-        self._judge = LazyVisionJudge(judge, cache_dir)
         self._text_answers: dict[str, str] = {}
 
-    @property
-    def judge(self) -> Any:
-        return self._judge.get()
-
-    @property
-    def scorer_id(self) -> str | None:
-        """The judge's id and the question-type mode; known without building the judge."""
-        judge = self._judge.id
-        return f"{judge};question_type={self.question_type}" if judge else None
+    def scoring_options(self) -> str:
+        return f";question_type={self.question_type}"
 
     def samples(self) -> list[Sample]:
         samples = []

@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import json
 import re
-import tarfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -64,11 +63,12 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from tasks.base import Output, Sample, Task
+from tasks.base import Output, Sample
+from tasks.hub_data import HubArchive, extracted_root
+from tasks.judged import JudgedTask
 from tasks.judges.parsing import ONE_RETRY
-from tasks.scorers import uni_mmmu_rules as rules
 from tasks.judges.vision import LazyVisionJudge, VisionRequest, vision_judge_all
-from umm_harness.core.home import umm_home
+from tasks.scorers import uni_mmmu_rules as rules
 from umm_harness.core.errors import ConfigError
 
 HUB_ID = "Vchitect/Uni-MMMU-Eval"
@@ -182,30 +182,9 @@ def data_root(data_dir: Path | None, revision: str | None = None) -> Path:
     def is_root(folder: Path) -> bool:
         return folder.is_dir() and any((folder / marker).exists() for marker in _MARKERS)
 
-    if data_dir is not None:
-        base = Path(data_dir)
-        for folder in (base, base / "data", base / "uni_mmmu", base / "uni_mmmu" / "data", base / HUB_ID / "data"):
-            if is_root(folder):
-                return folder
-        raise ConfigError(f"uni_mmmu: --data-dir {data_dir} holds no extracted Uni-MMMU data (a folder with "
-                          f"{', '.join(_MARKERS)}); extract {ARCHIVE} of the hub dataset {HUB_ID} there")
-    target = umm_home() / "benchmarks" / "uni_mmmu"
-    if is_root(target / "data"):
-        return target / "data"
-    try:
-        from huggingface_hub import hf_hub_download
-
-        archive = hf_hub_download(HUB_ID, ARCHIVE, repo_type="dataset", revision=revision)
-    except Exception as exc:  # offline, gated, renamed
-        raise ConfigError(f"uni_mmmu: could not download {ARCHIVE} of {HUB_ID} ({type(exc).__name__}); download and "
-                          "extract it, then pass --data-dir with the extracted data/ folder") from None
-    target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(target, filter="data")
-    for folder in (target / "data", target):
-        if is_root(folder):
-            return folder
-    raise ConfigError(f"uni_mmmu: {archive} did not extract to the expected layout under {target}")
+    archive = HubArchive(bench="uni_mmmu", hub_id=HUB_ID, file=ARCHIVE, revision=revision)
+    return extracted_root(archive, data_dir, is_root, layouts=("data", "", "uni_mmmu", "uni_mmmu/data", f"{HUB_ID}/data"),
+                          expected=f"extracted Uni-MMMU data (a folder with {', '.join(_MARKERS)})")
 
 
 def _resolve(rel: str | None, *bases: Path) -> Path | None:
@@ -369,7 +348,7 @@ def _open(path: str | None) -> Image.Image | None:
 # --- the task ------------------------------------------------------------------------------------------
 
 
-class UniMMMUTask(Task):
+class UniMMMUTask(JudgedTask):
     name: ClassVar[str] = "uni_mmmu"
     two_stage: ClassVar[bool] = True
 
@@ -377,19 +356,14 @@ class UniMMMUTask(Task):
                  cache_dir: Path | None = None, subtasks: list[str] | None = None,
                  jigsaw_distance: Callable[[Image.Image, Image.Image], float] | None = None,
                  revision: str | None = None):
-        super().__init__(data_dir)
+        super().__init__(data_dir, judge, cache_dir)
         unknown = sorted(set(subtasks or []) - set(SUBTASKS))
         if unknown:
             raise ConfigError(f"uni_mmmu: unknown subtask {unknown[0]!r}; subtasks: {', '.join(SUBTASKS)}")
         self.subtasks = list(subtasks or SUBTASKS)
-        self._judge = LazyVisionJudge(judge, cache_dir)
         self._text_judge = None if text_judge is None else LazyVisionJudge(text_judge, cache_dir)
         self.jigsaw_distance = jigsaw_distance
         self.revision = revision
-
-    @property
-    def judge(self) -> Any:
-        return self._judge.get()
 
     @property
     def text_judge(self) -> Any:

@@ -44,10 +44,11 @@ import logging
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from tasks.base import Output, Sample, Task
+from tasks.base import Output, Sample
 from tasks.benchmark_files import BenchmarkFile, fetch
+from tasks.judged import JudgedTask
 from tasks.judges.parsing import Attempt
-from tasks.judges.vision import LazyVisionJudge, VisionRequest, vision_judge_all
+from tasks.judges.vision import VisionRequest, vision_judge_all
 from tasks.scorers.wise_rules import (
     INSTRUCTIONS,
     MAX_ATTEMPTS,
@@ -99,18 +100,17 @@ def load_prompts(data_dir: Path | None = None, protocol: str = "legacy") -> list
     return prompts
 
 
-class WISETask(Task):
+class WISETask(JudgedTask):
     name: ClassVar[str] = "wise"
     two_stage: ClassVar[bool] = True
 
     def __init__(self, data_dir: Path | None = None, *, judge: Any = None, cache_dir: Path | None = None,
                  instructions: str | Path | None = None, protocol: Literal["legacy", "verified"] = "legacy"):
-        super().__init__(data_dir)
+        super().__init__(data_dir, judge, cache_dir)
         if protocol not in PROTOCOLS:
             raise ConfigError(f"wise: protocol must be one of {', '.join(PROTOCOLS)}, not '{protocol}'")
         self.rules = PROTOCOLS[protocol]
         self.protocol = None if protocol == "legacy" else protocol  # the default protocol keeps plain metric names
-        self._judge = LazyVisionJudge(judge, cache_dir)
         verified = protocol == "verified"
         self.system = VERIFIED_SYSTEM if verified else SYSTEM
         self.parse = parse_verdict if verified else parse_scores
@@ -122,15 +122,6 @@ class WISETask(Task):
                 raise ConfigError(f"wise: instructions must be a text file with {{prompt}} and {{explanation}}; "
                                   f"'{path}' is none")
             self.instructions = path.read_text(encoding="utf-8")
-
-    @property
-    def judge(self) -> Any:
-        return self._judge.get()
-
-    @property
-    def scorer_id(self) -> str | None:
-        """The judge's id; known without building the judge, so a generate-only run needs none."""
-        return self._judge.id
 
     def samples(self) -> list[Sample]:
         return [

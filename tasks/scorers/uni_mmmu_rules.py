@@ -180,6 +180,14 @@ def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.norm(a - b, axis=-1)
 
 
+def _tiles(board: np.ndarray, grid_h: int, grid_w: int) -> list[list[np.ndarray]]:
+    """The board cut into grid cells, row by row, at rounded cell edges (a cell may be empty)."""
+    cell_h, cell_w = board.shape[0] / grid_h, board.shape[1] / grid_w
+    ys = [int(round(r * cell_h)) for r in range(grid_h + 1)]
+    xs = [int(round(c * cell_w)) for c in range(grid_w + 1)]
+    return [[board[ys[r]:ys[r + 1], xs[c]:xs[c + 1]] for c in range(grid_w)] for r in range(grid_h)]
+
+
 def _board(content_mask: np.ndarray, frac: float, margin: int, rows_bound: int,
            cols_bound: int) -> tuple[int, int, int, int]:
     """The square board around the content, as the official finder computes it (bounds as it passes them)."""
@@ -212,17 +220,13 @@ def parse_maze_image(image: Image.Image, grid_h: int = 6, grid_w: int = 6, toler
     t, lft, b, r = _board((content + 0.01) < whiteish, 0.003, 2, width, height)
     board = rgb[t:b, lft:r]  # a negative start slices from the end, as in the official code
     labels = ("floor", "wall", "start", "goal")
-    cell_h, cell_w = board.shape[0] / grid_h, board.shape[1] / grid_w
     s_thresh, g_thresh = tolerance * 0.25, tolerance * 0.75
     grid: Grid = []
     start = goal = None
     fracs = np.zeros((grid_h, grid_w, 4), dtype=np.float32)
-    for gr in range(grid_h):
+    for gr, tiles in enumerate(_tiles(board, grid_h, grid_w)):
         row = []
-        y0, y1 = int(round(gr * cell_h)), int(round((gr + 1) * cell_h))
-        for gc in range(grid_w):
-            x0, x1 = int(round(gc * cell_w)), int(round((gc + 1) * cell_w))
-            tile = board[y0:y1, x0:x1]
+        for gc, tile in enumerate(tiles):
             if tile.size == 0:
                 row.append("?")
                 continue
@@ -268,14 +272,10 @@ def parse_sliding_image(image: Image.Image, grid_h: int = 3, grid_w: int = 3, to
     content = np.stack([_dist(rgb, c) for c in SLIDING_PALETTE], -1).min(-1)
     t, lft, b, r = _board((content + 0.01) < white, 0.002, 2, height, width)
     board = rgb[t:b, lft:r]
-    cell_h, cell_w = board.shape[0] / grid_h, board.shape[1] / grid_w
     rows = []
-    for gr in range(grid_h):
-        y0, y1 = int(round(gr * cell_h)), int(round((gr + 1) * cell_h))
+    for tiles in _tiles(board, grid_h, grid_w):
         row = []
-        for gc in range(grid_w):
-            x0, x1 = int(round(gc * cell_w)), int(round((gc + 1) * cell_w))
-            tile = board[y0:y1, x0:x1]
+        for tile in tiles:
             if tile.size == 0:
                 row.append("?")
                 continue
