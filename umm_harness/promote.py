@@ -158,7 +158,10 @@ def history(model_name: str) -> list[dict]:
         MlflowClient().get_registered_model(model_name)
     except MlflowException:
         raise ConfigError(f"registered model '{model_name}' does not exist") from None
-    runs = mlflow.search_runs(experiment_names=[PROMOTIONS_EXPERIMENT], output_format="list",
+    experiment = MlflowClient().get_experiment_by_name(PROMOTIONS_EXPERIMENT)
+    if experiment is None:  # nothing promoted yet anywhere (searching by name would warn on the console)
+        return []
+    runs = mlflow.search_runs(experiment_ids=[experiment.experiment_id], output_format="list",
                               filter_string=f"tags.`umm.model_name` = {quoted(model_name)}",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
