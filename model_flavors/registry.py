@@ -21,7 +21,7 @@ BACKBONES: dict[str, str] = {
     "janus_flow": "model_flavors.upstream_only:JanusFlow",
     "tokenflow": "model_flavors.upstream_only:TokenFlow",
     "deepgen": "model_flavors.upstream_only:DeepGen",
-    "emu3_5": "model_flavors.upstream_only:Emu3p5",
+    "emu3_5": "model_flavors.emu3p5:Emu3p5",
     "ovis_u1": "model_flavors.upstream_only:OvisU1",
     "omnigen2": "model_flavors.omnigen2:OmniGen2",
 }

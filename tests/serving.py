@@ -59,9 +59,13 @@ def mlflow_process(args: list[str], cwd: Path, ready_path: str, *, env: dict[str
 
 
 @contextmanager
-def served(model: str, cwd: Path, timeout_s: float = 180) -> Iterator[str]:
-    """The base URL of `mlflow models serve -m <model>` once it answers /ping."""
-    with mlflow_process(["models", "serve", "-m", model, "--env-manager", "local"], cwd, "/ping",
+def served(model: str, cwd: Path, timeout_s: float = 180, env_manager: str = "local") -> Iterator[str]:
+    """The base URL of `mlflow models serve -m <model> --env-manager <env_manager>` once it answers
+    /ping (uv gets this machine's package sources, as the harness gives them)."""
+    from umm_harness.isolation import pip_sources_for_uv
+
+    env = pip_sources_for_uv() if env_manager == "uv" else None
+    with mlflow_process(["models", "serve", "-m", model, "--env-manager", env_manager], cwd, "/ping", env=env,
                         timeout_s=timeout_s) as (url, _):
         yield url
 

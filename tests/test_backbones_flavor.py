@@ -3,9 +3,6 @@ save → reload in a fresh process with the same outputs, log → register → l
 `umm eval` on `shapes`, and (slow) `mlflow models serve`."""
 
 import json
-import subprocess
-import sys
-import textwrap
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from model_flavors import flavor, registry
 from model_flavors.diffusers_backbone import DiffusersBackbone, build_tiny, build_tiny_editing
 from model_flavors.emu3 import Emu3
 from model_flavors.emu3 import build_tiny as build_tiny_emu3
-from tests.conftest import REPO
+from tests.reload import assert_same_predictions, predict_in_fresh_process
 from tests.serving import invoke, served
 from umm_harness.config import EvalRecipe
 from umm_harness.evaluate import evaluate
@@ -72,28 +69,6 @@ def case(request, tmp_path_factory):
 
 # A fresh interpreter with every route to this repository removed (as in tests/test_flavor.py);
 # it loads every saved model given to it (one interpreter start for all of them).
-FRESH_PROCESS = textwrap.dedent("""
-    import json, sys
-    repo, jobs = sys.argv[1], json.loads(sys.argv[2])
-    sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")
-                     and "editable" not in type(f).__name__.lower()]
-    sys.path = [p for p in sys.path if p not in ("", ".", repo)]
-    try:
-        import model_flavors  # noqa: F401
-        raise SystemExit("the repository is still importable")
-    except ImportError:
-        pass
-    import mlflow, pandas as pd
-    answers = {}
-    for name, (model_dir, rows_file, params) in jobs.items():
-        model = mlflow.pyfunc.load_model(model_dir)
-        out = model.predict(pd.read_json(rows_file, orient="records"), params=params)
-        import model_flavors
-        answers[name] = {"module": model_flavors.__file__, "rows": json.loads(out.to_json(orient="records"))}
-    print(json.dumps(answers))
-""")
-
-
 def test_saved_model_records_the_backbone(case, tmp_path):
     name, key, backbone, _ = case
     flavor.save_model(backbone, tmp_path / "m")
@@ -114,32 +89,19 @@ def test_unsupported_rows_are_refused_before_any_work(case):
 
 
 def test_round_trip_in_a_fresh_process_gives_the_same_outputs(tmp_path, tmp_path_factory):
-    jobs, expected = {}, {}
+    models, expected = {}, {}
     for name, (_, builder, cls, rows) in CASES.items():
         backbone = cls.load(str(tiny_dir(tmp_path_factory, name, builder)))
-        model_dir = tmp_path / name
-        flavor.save_model(backbone, model_dir)
-        rows_file = tmp_path / f"{name}.json"
-        pd.DataFrame(rows).to_json(rows_file, orient="records")
-        jobs[name] = (str(model_dir), str(rows_file), PARAMS)
+        flavor.save_model(backbone, tmp_path / name)
+        models[name] = (tmp_path / name, rows, PARAMS)
         expected[name] = json.loads(flavor.UmmPyfuncModel(backbone).predict(pd.DataFrame(rows), params=PARAMS)
                                     .to_json(orient="records"))
-
-    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(REPO), json.dumps(jobs)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    fresh = json.loads(done.stdout.strip().splitlines()[-1])
-    for name, answer in fresh.items():
+    for name, answer in predict_in_fresh_process(models, tmp_path).items():
         # Imported from a saved model's own code/ (the first one loaded), never from this repository.
         assert answer["module"].startswith(str(tmp_path)) and "/code/model_flavors/" in answer["module"], name
-        assert len(answer["rows"]) == len(expected[name])
-        for row, want in zip(answer["rows"], expected[name]):
-            assert row["text"] == want["text"], name
-            assert len(row["images"] or []) == len(want["images"] or []), name
-            for got, image in zip(row["images"] or [], want["images"] or []):
-                # Same tokens / same noise; a diffusion pipeline's float maths may differ by
-                # rounding between processes (thread count), by a level or two per pixel at most.
-                assert np.abs(_pixels(got) - _pixels(image)).max() <= 2, name
+        # Same tokens / same noise; a diffusion pipeline's float maths may differ by rounding
+        # between processes (thread count), by a level or two per pixel at most.
+        assert_same_predictions(answer["rows"], expected[name], name=name, pixel_tolerance=2)
 
 
 def test_log_register_load_by_uri_and_eval_on_shapes(workspace, tmp_path_factory):

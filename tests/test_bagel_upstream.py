@@ -5,10 +5,8 @@ adapter's CPU fallbacks (model_flavors.bagel_cpu) in place of flash-attention an
 
 import json
 import math
-import subprocess
 import sys
 from contextlib import ExitStack
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -21,6 +19,7 @@ from model_flavors import bagel_cpu, flavor
 from model_flavors.bagel import Bagel
 from model_flavors.bagel_tiny import build_tiny
 from tests.conftest import REPO, umm
+from tests.reload import assert_same_predictions, predict_in_fresh_process
 from tests.serving import invoke, served
 from umm_harness.config import EvalRecipe
 from umm_harness.core.requests import InferenceParams, InferenceRequest, decode_image, encode_png
@@ -187,36 +186,15 @@ ROWS = [
 ]
 PARAMS = {"seed": 5, "steps": 3, "max_new_tokens": 4}
 
-FRESH_PROCESS = """
-import json, sys
-import torch
-torch.set_num_threads(1)
-repo, model_dir, rows_file, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__name__.lower()
-                 and "__editable__" not in getattr(f, "__module__", "")]
-sys.path = [p for p in sys.path if p not in ("", ".", repo)]
-import mlflow, pandas as pd
-out = mlflow.pyfunc.load_model(model_dir).predict(pd.read_json(rows_file, orient="records"), params=params)
-import model_flavors
-print(json.dumps({"module": model_flavors.__file__, "rows": json.loads(out.to_json(orient="records"))}))
-"""
-
-
 def test_saved_model_carries_the_tiny_weights_and_reloads_in_a_fresh_process(bagel, tmp_path):
     flavor.save_model(bagel, tmp_path / "model")
     reference = json.loads((tmp_path / "model" / "weights" / "umm_bagel.json").read_text())
     assert reference["checkpoint"] == "." and (tmp_path / "model" / "weights" / "ema.safetensors").is_file()
     expected = json.loads(flavor.UmmPyfuncModel(bagel).predict(pd.DataFrame(ROWS), params=PARAMS)
                           .to_json(orient="records"))
-    rows_file = tmp_path / "rows.json"
-    pd.DataFrame(ROWS).to_json(rows_file, orient="records")
-    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(REPO), str(tmp_path / "model"), str(rows_file),
-                           json.dumps(PARAMS)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    fresh = json.loads(done.stdout.strip().splitlines()[-1])
+    fresh = predict_in_fresh_process({"bagel": (tmp_path / "model", ROWS, PARAMS)}, tmp_path)["bagel"]
     assert fresh["module"].startswith(str(tmp_path / "model" / "code"))  # the model's own code, not this repo
-    timeless = lambda rows: [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]  # noqa: E731
-    assert timeless(fresh["rows"]) == timeless(expected)
+    assert_same_predictions(fresh["rows"], expected)
 
 
 @pytest.mark.slow

@@ -1,9 +1,6 @@
 """The `umm` flavor: save, log, register, and load back, also where this repo is not importable."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import mlflow
 import numpy as np
@@ -14,7 +11,7 @@ from mlflow.models import Model
 from PIL import Image
 
 from model_flavors import flavor
-from tests.conftest import REPO
+from tests.reload import predict_in_fresh_process
 from umm_harness.core.requests import decode_image, encode_png
 
 ROWS = pd.DataFrame([
@@ -22,25 +19,6 @@ ROWS = pd.DataFrame([
     {"task": "generation", "prompt": "a photo of a red circle", "images": []},
 ])
 
-# Runs in a fresh interpreter with every route to this repository removed first: the editable
-# install's finder, the repo root and the current directory on sys.path.
-FRESH_PROCESS = textwrap.dedent("""
-    import json, sys
-    repo = sys.argv[1]
-    sys.meta_path = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")
-                     and "editable" not in type(f).__name__.lower()]
-    sys.path = [p for p in sys.path if p not in ("", ".", repo)]
-    try:
-        import model_flavors  # noqa: F401
-        raise SystemExit("the repository is still importable")
-    except ImportError:
-        pass
-    import mlflow, pandas as pd
-    model = mlflow.pyfunc.load_model(sys.argv[2])
-    out = model.predict(pd.read_json(sys.argv[3], orient="records"), params={"seed": 5})
-    import model_flavors
-    print(json.dumps({"module": model_flavors.__file__, "rows": out.to_dict("records")}))
-""")
 
 
 def test_saved_model_records_what_it_is(tiny_janus, tmp_path):
@@ -70,14 +48,8 @@ def test_reference_models_do_not_copy_weights(tiny_janus, tmp_path):
 def test_round_trip_in_a_fresh_process_gives_the_same_outputs(tiny_janus, tmp_path):
     model_dir = tmp_path / "m"
     flavor.save_model(tiny_janus, model_dir)
-    rows_file = tmp_path / "rows.json"
-    ROWS.to_json(rows_file, orient="records")
     in_process = flavor.UmmPyfuncModel(tiny_janus).predict(ROWS, params={"seed": 5})
-
-    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(REPO), str(model_dir), str(rows_file)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    fresh = json.loads(done.stdout.strip().splitlines()[-1])
+    fresh = predict_in_fresh_process({"janus": (model_dir, ROWS.to_dict("records"), {"seed": 5})}, tmp_path)["janus"]
     assert fresh["module"].startswith(str(model_dir / "code"))
     assert fresh["rows"][0]["text"] == in_process.iloc[0]["text"]
     assert fresh["rows"][1]["images"] == list(in_process.iloc[1]["images"])

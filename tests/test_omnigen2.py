@@ -2,9 +2,6 @@
 pinned snapshot in ../shared/upstream/omnigen2, over a tiny native Qwen2.5-VL and AutoencoderKL."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -17,6 +14,7 @@ from model_flavors import flavor, registry
 from model_flavors.omnigen2 import NEGATIVE_PROMPT, REPO_ENV, OmniGen2, TextImageProcessor, resolve_checkout
 from model_flavors.omnigen2_tiny import build_tiny
 from tests.conftest import REPO
+from tests.reload import assert_same_predictions, predict_in_fresh_process
 from tests.serving import invoke, served
 from umm_harness.config import EvalRecipe
 from umm_harness.core.errors import ConfigError
@@ -124,35 +122,14 @@ ROWS = [
 ]
 PARAMS = {"seed": 5, "steps": 3, "max_new_tokens": 4}
 
-FRESH_PROCESS = """
-import json, sys
-import torch
-torch.set_num_threads(1)
-repo, model_dir, rows_file, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__name__.lower()
-                 and "__editable__" not in getattr(f, "__module__", "")]
-sys.path = [p for p in sys.path if p not in ("", ".", repo)]
-import mlflow, pandas as pd
-out = mlflow.pyfunc.load_model(model_dir).predict(pd.read_json(rows_file, orient="records"), params=params)
-import model_flavors
-print(json.dumps({"module": model_flavors.__file__, "rows": json.loads(out.to_json(orient="records"))}))
-"""
-
-
 def test_saved_model_reloads_in_a_fresh_process_with_the_same_outputs(omnigen2, tmp_path):
     flavor.save_model(omnigen2, tmp_path / "model")
     assert json.loads((tmp_path / "model" / "weights" / "umm_omnigen2.json").read_text())["checkpoint"] == "."
     expected = json.loads(flavor.UmmPyfuncModel(omnigen2).predict(pd.DataFrame(ROWS), params=PARAMS)
                           .to_json(orient="records"))
-    rows_file = tmp_path / "rows.json"
-    pd.DataFrame(ROWS).to_json(rows_file, orient="records")
-    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(REPO), str(tmp_path / "model"), str(rows_file),
-                           json.dumps(PARAMS)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    fresh = json.loads(done.stdout.strip().splitlines()[-1])
-    assert fresh["module"].startswith(str(tmp_path / "model" / "code"))
-    timeless = lambda rows: [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]  # noqa: E731
-    assert timeless(fresh["rows"]) == timeless(expected)
+    fresh = predict_in_fresh_process({"omnigen2": (tmp_path / "model", ROWS, PARAMS)}, tmp_path)["omnigen2"]
+    assert fresh["module"].startswith(str(tmp_path / "model" / "code"))  # the model's own code, not this repo
+    assert_same_predictions(fresh["rows"], expected)
 
 
 @pytest.mark.slow

@@ -7,8 +7,6 @@ MMaDA's and Show-o's code are the pinned snapshots in ../shared/upstream/{mmada,
 from there at run time as a user's checkout would be."""
 
 import json
-import subprocess
-import sys
 from functools import partial
 
 import mlflow
@@ -27,7 +25,8 @@ from model_flavors.show_o import ShowO
 from model_flavors.show_o import build_tiny as build_tiny_show_o
 from tests.conftest import REPO
 from tests.serving import invoke, served
-from tests.test_backbones_flavor import FRESH_PROCESS, tiny_dir
+from tests.reload import assert_same_predictions, predict_in_fresh_process
+from tests.test_backbones_flavor import tiny_dir
 from umm_harness.config import EvalRecipe
 from umm_harness.core.backbone import UnsupportedTask
 from umm_harness.core.errors import ConfigError
@@ -196,25 +195,16 @@ def _cases():
 
 @pytest.mark.slow
 def test_round_trip_in_a_fresh_process_gives_the_same_outputs(tmp_path, tmp_path_factory):
-    jobs, expected = {}, {}
+    models, expected = {}, {}
     for name, (key, builder, cls, rows) in _cases().items():
         backbone = cls.load(str(tiny_dir(tmp_path_factory, name, builder)))
         flavor.save_model(backbone, tmp_path / name)
-        rows_file = tmp_path / f"{name}.json"
-        pd.DataFrame(rows).to_json(rows_file, orient="records")
-        jobs[name] = (str(tmp_path / name), str(rows_file), PARAMS)
+        models[name] = (tmp_path / name, rows, PARAMS)
         expected[name] = json.loads(flavor.UmmPyfuncModel(backbone).predict(pd.DataFrame(rows), params=PARAMS)
                                     .to_json(orient="records"))
-    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(REPO), json.dumps(jobs)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    fresh = json.loads(done.stdout.strip().splitlines()[-1])
-    for name, answer in fresh.items():
+    for name, answer in predict_in_fresh_process(models, tmp_path).items():
         assert "/code/model_flavors/" in answer["module"], name
-        for row, want in zip(answer["rows"], expected[name], strict=True):
-            assert row["text"] == want["text"], name
-            for got, image in zip(row["images"] or [], want["images"] or [], strict=True):
-                assert np.abs(np.asarray(decode_image(got), int) - np.asarray(decode_image(image), int)).max() <= 2
+        assert_same_predictions(answer["rows"], expected[name], name=name, pixel_tolerance=2)
 
 
 @pytest.mark.slow

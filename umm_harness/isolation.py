@@ -81,6 +81,8 @@ def pip_sources_for_uv() -> dict[str, str]:
         values = list(dict.fromkeys(settings.get(option, [])))
         if values and variable not in os.environ:  # the user's own uv settings win
             variables[variable] = separator.join(values[:1] if option == "index-url" else values)
+    if "extra-index-url" in settings and "UV_INDEX_STRATEGY" not in os.environ:
+        variables["UV_INDEX_STRATEGY"] = "unsafe-best-match"  # pip's way: every index offers every version
     if "cert" in settings and "SSL_CERT_FILE" not in os.environ:
         variables["SSL_CERT_FILE"] = settings["cert"][0]
     return variables

@@ -1,0 +1,377 @@
+"""Emu3.5 (BAAI/Emu3.5, -Image): understanding, text-to-image and x2i editing on the authors' code.
+
+Emu3.5 is one next-token decoder over text and IBQ image tokens (`<|visual token NNNNNN|>`, one
+row per `<|extra_200|>`). This adapter imports the user's checkout of
+https://github.com/baaivision/Emu3.5 (`repo_path` option or `UMM_EMU3_5_REPO`), written against
+commit 8fcf1da48f9c, and calls it the way `inference.py` does: `Emu3ForCausalLM` and the
+`Emu3Tokenizer` (tiktoken) from `src/`, reference images tokenized by `utils.input_utils.build_image`,
+sampling by `utils.generation_utils.generate` (its classifier-free-guidance logits processor with
+differential top-k), decoding by `utils.generation_utils.multimodal_decode` and the IBQ decoder.
+
+Its code is written for transformers 4.48 (it imports `is_torch_fx_available`, gone in 5.x, and
+reads `rope_scaling["type"]`), so it runs only in its own environment: `pip_requirements` pins
+transformers 4.48.2 and `env_manager` is `uv` — `umm eval|infer` serve it from the environment
+MLflow builds. Nothing of the checkout is edited or shimmed; upstream's torchvision, torchaudio,
+accelerate and gradio pins are left out because none of the modules imported here uses them.
+
+How requests become upstream calls:
+- generation (t2i): the t2i template; the answer is started with `<|image start|>` and the image
+  grid is fixed to `image_size / 16` tokens a side through upstream's own `target_height` /
+  `target_width`, so the model is asked for exactly one square image; decoding stops at its end.
+- editing (x2i): the x2i template with the reference image(s) tokenized in place of `<|IMAGE|>`;
+  the new image has the first reference's token grid (upstream forces the same size for one
+  reference; with several it lets the model choose, which this adapter does not).
+- understanding: the image template with the question, text sampled with the card's text
+  settings (top-k 1024, top-p 0.9); temperature 0 means greedy.
+
+Defaults (`configs/example_config_t2i.py`, `example_config_x2i.py`): CFG 5.0 (t2i) / 3.0 (x2i),
+"no_text" unconditional prompt, image tokens top-k 5120, text top-k 1024 / top-p 0.9,
+temperature 1.0, 1024 px (1:1 = 64×64 tokens), seed 6666, at most 5120 new tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from model_flavors.upstream_checkout import UpstreamCheckout, import_or_explain, private_package
+from umm_harness.core.backbone import Backbone, ModelInfo, require_safetensors
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind, decode_image
+
+UPSTREAM = UpstreamCheckout(
+    name="Emu3.5", repo="https://github.com/baaivision/Emu3.5", commit="8fcf1da48f9c5252fe0a0b8dc842e07b6efcd745",
+    markers=("src/emu3p5/modeling_emu3.py", "src/utils/generation_utils.py",
+             "src/tokenizer_emu3_ibq/tokenization_emu3.py"), env="UMM_EMU3_5_REPO",
+)
+# Its environment: upstream's requirements/transformers.txt + common.txt, less what the imported
+# modules never use (torchvision, torchaudio, accelerate, gradio, imageio); torch: the base pin.
+REQUIREMENTS = ("transformers==4.48.2", "tokenizers>=0.21,<0.22", "tiktoken>=0.12.0", "omegaconf==2.3.0",
+                "einops>=0.7", "numpy>=1.21,<3", "protobuf>=3.20.0")
+REFERENCE_FILE = "umm_emu3_5.json"
+VQ_HUB_ID = "BAAI/Emu3.5-VisionTokenizer"
+TOKENIZER_FILES = ("emu3.tiktoken", "emu3_vision_tokens.txt")
+_ALIAS = "_umm_emu3p5"
+TOKENS_PER_SIDE_PX = 16  # the IBQ tokenizer down-samples 16×
+# Role tokens, as upstream's build_emu3p5 and configs name them.
+ROLES = {"bos_token": "<|extra_203|>", "eos_token": "<|extra_204|>", "pad_token": "<|endoftext|>",
+         "eol_token": "<|extra_200|>", "eof_token": "<|extra_201|>", "tms_token": "<|extra_202|>",
+         "img_token": "<|image token|>", "boi_token": "<|image start|>", "eoi_token": "<|image end|>",
+         "bss_token": "<|extra_100|>", "ess_token": "<|extra_101|>", "bog_token": "<|extra_60|>",
+         "eog_token": "<|extra_61|>", "boc_token": "<|extra_50|>", "eoc_token": "<|extra_51|>"}
+SPECIAL = {"BOS": "bos_token", "EOS": "eos_token", "PAD": "pad_token", "EOL": "eol_token", "EOF": "eof_token",
+           "TMS": "tms_token", "IMG": "img_token", "BOI": "boi_token", "EOI": "eoi_token", "BSS": "bss_token",
+           "ESS": "ess_token", "BOG": "bog_token", "EOG": "eog_token", "BOC": "boc_token", "EOC": "eoc_token"}
+# The prompt formats of the repository's configs (build_unc_and_template).
+TEMPLATE = "<|extra_203|>You are a helpful assistant for {task} task. USER: {question} ASSISTANT: <|extra_100|>"
+TEMPLATE_WITH_IMAGE = ("<|extra_203|>You are a helpful assistant for {task} task. USER: {question}<|IMAGE|> "
+                       "ASSISTANT: <|extra_100|>")
+UNCONDITIONAL = "<|extra_203|>You are a helpful assistant. USER:  ASSISTANT: <|extra_100|>"
+UNCONDITIONAL_WITH_IMAGE = "<|extra_203|>You are a helpful assistant. USER: <|IMAGE|> ASSISTANT: <|extra_100|>"
+UNDERSTANDING = "<|extra_203|>You are a helpful assistant. USER: <|IMAGE|>{question} ASSISTANT: <|extra_100|>"
+IMAGE_SAMPLING = {"image_top_k": 5120, "image_top_p": 1.0, "image_temperature": 1.0}
+TEXT_SAMPLING = {"text_top_k": 1024, "text_top_p": 0.9}
+CFG = {"generation": 5.0, "editing": 3.0}
+MAX_REFERENCES = 3  # example_config_x2i.py: "maximum 3 images"
+
+
+@dataclass
+class Emu3p5Sizes:
+    """What prompts and images need beyond the checkpoints (`umm_emu3_5.json`): the published models' values."""
+
+    resolution: int = 1024  # generation default: 1:1 = 64×64 tokens
+    image_area: int = 1048576  # reference images are resized to this many pixels (smart_resize)
+    repo_path: str | None = None
+
+
+def import_upstream(repo: Path) -> SimpleNamespace:
+    """The checkout's `src/` as the private package `_umm_emu3p5` and the five modules used here."""
+    private_package(_ALIAS, repo / "src")
+    names = {"model": "emu3p5", "vq": "vision_tokenizer.ibq", "tokenizer": "tokenizer_emu3_ibq.tokenization_emu3",
+             "inputs": "utils.input_utils", "generation": "utils.generation_utils"}
+    return SimpleNamespace(**{key: import_or_explain(f"{_ALIAS}.{module}", UPSTREAM, REQUIREMENTS)
+                              for key, module in names.items()})
+
+
+def load_tokenizer(api: SimpleNamespace, folder: Path):
+    """Upstream's `Emu3Tokenizer` on `emu3.tiktoken` + `emu3_vision_tokens.txt`, roles set as build_emu3p5 sets them."""
+    tokenizer = api.tokenizer.Emu3Tokenizer(vocab_file=str(folder / TOKENIZER_FILES[0]),
+                                            special_tokens_file=str(folder / TOKENIZER_FILES[1]))
+    for role, token in ROLES.items():
+        setattr(tokenizer, role, token)
+    return tokenizer
+
+
+class Emu3p5(Backbone):
+    key: ClassVar[str] = "emu3_5"
+    capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation", "editing"})
+    route: ClassVar[str] = "upstream"
+    requires: ClassVar[tuple[str, ...]] = (f"a checkout of {UPSTREAM.repo} at {UPSTREAM.commit[:12]}",
+                                           "its own environment (transformers==4.48.2, tiktoken): --env-manager uv")
+    hub_ids: ClassVar[tuple[str, ...]] = ("BAAI/Emu3.5", "BAAI/Emu3.5-Image")
+    notes: ClassVar[str] = ("34B next-token model over IBQ image tokens (BAAI/Emu3.5-VisionTokenizer); editing = "
+                            "x2i; at scale: upstream's patched vLLM behind a server (emu3_5_vllm)")
+    pip_requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS
+    upstream: ClassVar[UpstreamCheckout] = UPSTREAM
+    env_manager: ClassVar[str] = "uv"
+
+    def __init__(self, api: SimpleNamespace, model, vq, tokenizer, sizes: Emu3p5Sizes, info: ModelInfo):
+        self.api, self.model, self.vq, self.tokenizer, self.sizes, self.info = api, model.eval(), vq.eval(), tokenizer, sizes, info
+        self.repo_path = Path(sizes.repo_path) if sizes.repo_path else None
+        self.special_token_ids = {name: tokenizer.encode(getattr(tokenizer, role))[0] for name, role in SPECIAL.items()}
+
+    # -- loading and saving -------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, source: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu",
+             repo_path: str | Path | None = None, vq_source: str = VQ_HUB_ID, allow_pickle: bool = False) -> Emu3p5:
+        """`source`: a folder this adapter saved, or an Emu3.5 checkpoint (hub id or folder holding
+        `emu3.tiktoken` and `emu3_vision_tokens.txt`) used with the IBQ tokenizer at `vq_source`."""
+        import torch
+
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype not in dtypes:
+            raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
+        folder = Path(source)
+        saved = (folder / REFERENCE_FILE).is_file()
+        sizes = Emu3p5Sizes(**json.loads((folder / REFERENCE_FILE).read_text())) if saved else Emu3p5Sizes()
+        repo = UPSTREAM.resolve(repo_path or os.environ.get(UPSTREAM.env) or sizes.repo_path)
+        api = import_upstream(repo)
+        sizes.repo_path = str(repo)
+        folder = folder if folder.is_dir() else _download(source, revision)
+        model_folder, tokenizer_folder = (folder / "model", folder / "tokenizer") if saved else (folder, folder)
+        vq_folder = folder / "vq" if saved else (Path(vq_source) if Path(vq_source).is_dir() else _download(vq_source))
+        require_safetensors(str(model_folder), allow_pickle)
+        absent = [name for name in TOKENIZER_FILES if not (tokenizer_folder / name).is_file()]
+        if absent:
+            raise ConfigError(f"{tokenizer_folder} has no {', '.join(absent)}: an Emu3.5 checkpoint carries its "
+                              f"tokenizer files ({', '.join(TOKENIZER_FILES)})")
+        model = api.model.Emu3ForCausalLM.from_pretrained(str(model_folder), torch_dtype=dtypes[dtype],
+                                                          attn_implementation="sdpa").to(device)
+        vq = _load_vq(api, vq_folder, allow_pickle).to(device)
+        return cls(api, model, vq, load_tokenizer(api, tokenizer_folder), sizes,
+                   ModelInfo(backbone=cls.key, source=source, revision=revision, dtype=dtype))
+
+    def save_pretrained(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        self.model.save_pretrained(path / "model", safe_serialization=True)
+        tokenizer_folder = path / "tokenizer"
+        tokenizer_folder.mkdir(parents=True, exist_ok=True)
+        write_tiktoken(tokenizer_folder / TOKENIZER_FILES[0], self.tokenizer.mergeable_ranks)
+        vision = [t for t, i in sorted(self.tokenizer.special_tokens.items(), key=lambda item: item[1])][3 + 205:]
+        (tokenizer_folder / TOKENIZER_FILES[1]).write_text("\n".join(vision) + "\n")
+        (path / "vq").mkdir(parents=True, exist_ok=True)
+        (path / "vq" / "config.yaml").write_text(json.dumps(self.vq.umm_config, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in self.vq.state_dict().items()}, str(path / "vq" / "model.safetensors"))
+        (path / REFERENCE_FILE).write_text(json.dumps(asdict(self.sizes), indent=2) + "\n")
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def default_params(self, task: TaskKind) -> InferenceParams:
+        if task == "understanding":
+            return InferenceParams(seed=6666, max_new_tokens=1024, temperature=1.0)
+        return InferenceParams(seed=6666, guidance_scale=CFG[task], temperature=1.0, image_size=self.sizes.resolution)
+
+    def understand(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
+        self.check_supports("understanding")
+        results = []
+        for request in requests:
+            p = request.params.merged_over(self.default_params("understanding"))
+            if len(request.images) > MAX_REFERENCES:
+                raise ValueError(f"emu3_5 takes at most {MAX_REFERENCES} images per question; got {len(request.images)}")
+            images = "".join(self._image_string(image) for image in request.images)
+            prompt = UNDERSTANDING.format(question=request.prompt or "").replace("<|IMAGE|>", images)
+            unconditional = UNCONDITIONAL_WITH_IMAGE.replace("<|IMAGE|>", images)
+            text_sampling = {**TEXT_SAMPLING, "text_temperature": p.temperature or 1.0}
+            sampling = {"max_new_tokens": p.max_new_tokens, "do_sample": bool(p.temperature),
+                        "use_differential_sampling": bool(p.temperature), **text_sampling}
+            start = time.perf_counter()
+            out = self._generate(prompt, unconditional, p.seed, sampling, guidance=1.0)
+            text = "".join(payload for kind, payload in out if kind == "text").strip()
+            results.append(InferenceResult(text=text, params=p, elapsed_s=time.perf_counter() - start))
+        return results
+
+    def generate(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
+        self.check_supports("generation")
+        return [self._image_answer(request, "generation") for request in requests]
+
+    def edit(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
+        self.check_supports("editing")
+        return [self._image_answer(request, "editing") for request in requests]
+
+    def _image_answer(self, request: InferenceRequest, task: TaskKind) -> InferenceResult:
+        p = request.params.merged_over(self.default_params(task))
+        p = p.model_copy(update={"steps": None, "max_new_tokens": None, "image_guidance_scale": None})
+        if task == "generation":
+            if p.image_size % TOKENS_PER_SIDE_PX:
+                raise ValueError(f"emu3_5 image sizes are multiples of {TOKENS_PER_SIDE_PX}px; got image_size={p.image_size}")
+            side = p.image_size // TOKENS_PER_SIDE_PX
+            grid, images = (side, side), ""
+            prompt, unconditional = TEMPLATE.format(task="t2i", question=request.prompt or ""), UNCONDITIONAL
+        else:
+            if not 1 <= len(request.images) <= MAX_REFERENCES:
+                raise ValueError(f"emu3_5 edits with 1 to {MAX_REFERENCES} reference images; got {len(request.images)}")
+            images = "".join(self._image_string(image) for image in request.images)
+            grid = self._grid(decode_image(request.images[0]))
+            prompt = TEMPLATE_WITH_IMAGE.format(task="x2i", question=request.prompt or "").replace("<|IMAGE|>", images)
+            unconditional = UNCONDITIONAL_WITH_IMAGE.replace("<|IMAGE|>", images)
+            p = p.model_copy(update={"image_size": None})
+        height, width = grid
+        size_tokens = len(self.tokenizer.encode(f"{height}*{width}", add_special_tokens=False))
+        sampling = {"max_new_tokens": size_tokens + 1 + height * (width + 1), "do_sample": True,
+                    "use_differential_sampling": True, "text_temperature": p.temperature, **TEXT_SAMPLING,
+                    **{**IMAGE_SAMPLING, "image_temperature": p.temperature}}
+        start = time.perf_counter()
+        out = self._generate(prompt, unconditional, p.seed, sampling, guidance=p.guidance_scale, target=grid,
+                             answer_start=ROLES["boi_token"])
+        produced = [payload for kind, payload in out if kind == "image"]
+        if not produced:
+            raise RuntimeError(f"emu3_5 produced no complete image for {request.prompt!r}")
+        return InferenceResult(images=produced[:1], params=p, elapsed_s=time.perf_counter() - start)
+
+    def _grid(self, image: Image.Image) -> tuple[int, int]:
+        width, height = self.api.inputs.smart_resize(image.convert("RGB"), self.sizes.image_area).size
+        return height // TOKENS_PER_SIDE_PX, width // TOKENS_PER_SIDE_PX
+
+    def _image_string(self, image: Any) -> str:
+        config = SimpleNamespace(image_area=self.sizes.image_area)
+        return self.api.inputs.build_image(decode_image(image).convert("RGB"), config, self.tokenizer, self.vq)
+
+    def _generate(self, prompt: str, unconditional: str, seed: int, sampling: dict[str, Any], *, guidance: float,
+                  target: tuple[int, int] | None = None, answer_start: str = "") -> list[tuple[str, Any]]:
+        """One upstream `generate` call (its config namespace filled as inference.py fills it) on
+        `prompt + answer_start`, the answer (with `answer_start`) decoded by upstream's `multimodal_decode`;
+        upstream's progress prints go to the debug log."""
+        import torch
+
+        device = self.model.device
+        ids = self.tokenizer.encode(prompt + answer_start, return_tensors="pt", add_special_tokens=False).to(device)
+        unconditional_ids = self.tokenizer.encode(unconditional, return_tensors="pt", add_special_tokens=False).to(device)
+        run = SimpleNamespace(
+            streaming=False, classifier_free_guidance=guidance, unconditional_type="no_text",
+            target_height=target[0] if target else None, target_width=target[1] if target else None,
+            special_token_ids=self.special_token_ids,
+            sampling_params={"use_cache": True, "top_k": 131072, "top_p": 1.0, "temperature": 1.0, "num_beams": 1,
+                             "guidance_scale": 1.0, **IMAGE_SAMPLING, **sampling})
+        printed = io.StringIO()
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(), contextlib.redirect_stdout(printed):
+            torch.manual_seed(seed)
+            tokens = next(self.api.generation.generate(run, self.model, self.tokenizer, ids, unconditional_ids))
+            text = answer_start + self.tokenizer.decode(tokens, skip_special_tokens=False)
+            out = self.api.generation.multimodal_decode(text, self.tokenizer, self.vq)
+        if printed.getvalue().strip():
+            import logging
+
+            logging.getLogger(__name__).debug("emu3_5 upstream: %s", printed.getvalue().strip()[-2000:])
+        return out
+
+
+def _download(source: str, revision: str | None = None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source, revision=revision))
+
+
+def _load_vq(api: SimpleNamespace, folder: Path, allow_pickle: bool):
+    """Upstream's IBQ from `config.yaml` and `model.safetensors` (the hub's `model.ckpt` is a pickle: opt-in)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(OmegaConf.load(folder / "config.yaml"))
+    vq = api.vq.IBQ(**config)
+    vq.umm_config = config
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(folder / "model.safetensors"))
+    elif allow_pickle:
+        state = torch.load(folder / "model.ckpt", map_location="cpu", weights_only=False)
+        state = state.get("state_dict", state)
+    else:
+        raise ConfigError(f"{folder} holds the IBQ tokenizer as a pickle (model.ckpt), which can run code when "
+                          f"loaded; pass backbone_options: {{allow_pickle: true}} if you trust it")
+    vq.load_state_dict(state, strict=True)
+    return vq
+
+
+def write_tiktoken(path: Path, ranks: dict[bytes, int]) -> None:
+    import base64
+
+    path.write_text("".join(f"{base64.b64encode(token).decode()} {rank}\n"
+                            for token, rank in sorted(ranks.items(), key=lambda item: item[1])))
+
+
+# -- tiny model for tests ---------------------------------------------------------------------
+
+TEXT_VOCAB = 151643  # Emu3.5's special tokens start here (tokenization_emu3.SPECIAL_START_ID); the logits
+# processor hard-codes their ids, so a tiny model keeps the real layout: a small trained BPE, padded.
+
+
+def tiny_ranks() -> dict[bytes, int]:
+    """tiktoken ranks: the 256 bytes in GPT-2's order (upstream's logits processor expects '*' at 9 and
+    '0'-'9' at 15-24), the merges of the locally trained tiny BPE, then unused fillers up to TEXT_VOCAB."""
+    from umm_harness.core.tiny_tokenizer import train_tiny_tokenizer
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    order = printable + [b for b in range(256) if b not in printable]
+    to_byte = {chr(b if b in printable else 256 + order.index(b) - len(printable)): b for b in range(256)}
+    ranks = {bytes([b]): rank for rank, b in enumerate(order)}
+    merges = json.loads(train_tiny_tokenizer({}).backend_tokenizer.to_str())["model"]["merges"]
+    for merge in merges:
+        left, right = merge.split(" ") if isinstance(merge, str) else merge
+        token = bytes(to_byte[c] for c in left + right)
+        ranks.setdefault(token, len(ranks))
+    for index in range(TEXT_VOCAB - len(ranks)):
+        ranks[b"<unused%d>" % index] = len(ranks)  # never a piece of the split text: unreachable
+    return ranks
+
+
+def build_tiny(path: Path, seed: int = 0, repo_path: str | Path | None = None, codes: int = 64) -> Emu3p5:
+    """A random Emu3.5 of the real upstream classes (decoder 32 hidden × 2 layers over the real
+    151,854-token layout + `codes` visual tokens, a 64-code IBQ with 16× down-sampling: 64 px ↔ 4×4
+    tokens), saved at `path`. Runs where the upstream code imports (its own environment)."""
+    import torch
+
+    repo = UPSTREAM.resolve(repo_path)
+    api = import_upstream(repo)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer_folder = path / "tokenizer"
+    tokenizer_folder.mkdir(exist_ok=True)
+    write_tiktoken(tokenizer_folder / TOKENIZER_FILES[0], tiny_ranks())
+    vision = ["<|image token|>", "<|image start|>", "<|image end|>", *(f"<|visual token {i:06d}|>" for i in range(codes))]
+    (tokenizer_folder / TOKENIZER_FILES[1]).write_text("\n".join(vision) + "\n")
+    tokenizer = load_tokenizer(api, tokenizer_folder)
+    torch.manual_seed(seed)
+    config = api.model.Emu3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                  max_position_embeddings=1024, attention_dropout=0.0)
+    config._attn_implementation = "sdpa"
+    model = api.model.Emu3ForCausalLM(config)
+    block = {"double_z": False, "z_channels": 32, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+             "ch_mult": [1, 1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    vq_config = {"ddconfig": block, "n_embed": codes, "embed_dim": 256}  # decode_image reads 256 channels
+    vq = api.vq.IBQ(**vq_config)
+    vq.umm_config = vq_config
+    sizes = Emu3p5Sizes(resolution=64, image_area=64 * 64, repo_path=str(repo))
+    backbone = Emu3p5(api, model, vq, tokenizer, sizes, ModelInfo(backbone=Emu3p5.key, source=str(path)))
+    backbone.save_pretrained(path)
+    return backbone
+
+
+if __name__ == "__main__":  # python -m model_flavors.emu3p5 <folder> <checkout>: the tiny build, in its environment
+    import sys
+
+    build_tiny(Path(sys.argv[1]), repo_path=sys.argv[2])

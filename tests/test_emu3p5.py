@@ -1,0 +1,119 @@
+"""Emu3.5 on its authors' code (../shared/upstream/emu3.5), which runs only on transformers 4.48:
+the adapter declares that environment, the harness's own process explains why it cannot import
+it, and (slow) a tiny random-weight Emu3.5 of the real upstream classes, built inside the
+environment MLflow makes for it, goes the way of every backbone — served by `mlflow models serve
+--env-manager uv` (understanding, generation, editing), the same outputs from a fresh process,
+logged, registered and evaluated on `shapes` by `umm eval` through its own environment."""
+
+import json
+import os
+import subprocess
+import time
+
+import mlflow
+import pytest
+from mlflow.models import Model
+from PIL import Image
+
+from model_flavors import environment, flavor
+from model_flavors.emu3p5 import TEXT_VOCAB, UPSTREAM, Emu3p5, tiny_ranks
+from tests.conftest import REPO
+from tests.reload import assert_same_predictions, environment_python, predict_in_fresh_process
+from tests.serving import invoke, served
+from umm_harness.config import EvalRecipe
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import InferenceParams, decode_image, encode_png
+from umm_harness.evaluate import evaluate
+
+CHECKOUT = REPO.parent / "shared" / "upstream" / "emu3.5"
+pytestmark = pytest.mark.skipif(not CHECKOUT.is_dir(), reason=f"no Emu3.5 checkout at {CHECKOUT}")
+SCENE = encode_png(Image.new("RGB", (64, 64), "red"))
+ROWS = [
+    {"task": "understanding", "prompt": "Is there a red circle?", "images": [SCENE]},
+    {"task": "generation", "prompt": "a photo of a red circle", "images": []},
+    {"task": "editing", "prompt": "make it blue", "images": [SCENE]},
+]
+PARAMS = {"seed": 5, "max_new_tokens": 8}
+
+
+def _checkpoint(source: str) -> flavor.Checkpoint:
+    return flavor.Checkpoint(backbone="emu3_5", source=source, repo_path=CHECKOUT)
+
+
+def test_the_model_carries_its_own_environment_and_the_checkout(tmp_path):
+    flavor.save_model(_checkpoint("BAAI/Emu3.5-Image"), tmp_path / "m")
+    requirements = (tmp_path / "m" / "requirements.txt").read_text().split()
+    assert "transformers==4.48.2" in requirements and "torch==2.13.0" in requirements
+    assert not any(r.startswith("transformers>=") for r in requirements)  # its pin replaces the harness's
+    assert requirements == environment.requirements_for(Emu3p5)
+    umm = Model.load(tmp_path / "m" / "MLmodel").flavors["umm"]
+    assert umm["env_manager"] == "uv" and umm["upstream"]["commit"] == UPSTREAM.commit
+    assert umm["weights"] is None and umm["source"] == "BAAI/Emu3.5-Image"  # a hub checkpoint, by reference
+    assert (tmp_path / "m" / "code" / "upstream" / "src" / "emu3p5" / "modeling_emu3.py").is_file()
+
+
+def test_in_the_harness_environment_loading_says_which_environment_it_needs(tmp_path):
+    with pytest.raises(ConfigError, match=r"importing Emu3\.5's code \(_umm_emu3p5\.emu3p5\) failed: .*"
+                                          r"pip install 'transformers==4\.48\.2'"):
+        Emu3p5.load(str(tmp_path), repo_path=CHECKOUT)
+
+
+def test_the_tiny_tokenizer_keeps_emu3p5s_token_layout():
+    ranks = tiny_ranks()
+    # upstream's logits processor hard-codes these ids: '*' and the digits of "H*W", then the specials
+    assert (ranks[b"!"], ranks[b"*"], ranks[b"0"], ranks[b"9"]) == (0, 9, 15, 24)
+    assert len(ranks) == TEXT_VOCAB and sorted(ranks.values()) == list(range(TEXT_VOCAB))
+    assert any(len(token) > 3 and token.isalpha() for token in list(ranks)[256:400])  # trained merges
+
+
+@pytest.fixture(scope="module")
+def emu3p5(tmp_path_factory):
+    """(model folder, its environment's python, seconds): the environment is MLflow's, built from the
+    model's requirements; the tiny weights are built in it (the code imports nowhere else)."""
+    root = tmp_path_factory.mktemp("emu3p5")
+    started = time.perf_counter()
+    flavor.save_model(_checkpoint("BAAI/Emu3.5-Image"), root / "environment-only")
+    python = environment_python(root / "environment-only", "uv", root)
+    environment_s = time.perf_counter() - started
+    subprocess.run([str(python), "-m", "model_flavors.emu3p5", str(root / "tiny"), str(CHECKOUT)], check=True,
+                   cwd=root, env={**os.environ, "PYTHONPATH": str(root / "environment-only" / "code")}, timeout=900)
+    flavor.save_model(_checkpoint(str(root / "tiny")), root / "model")
+    print(f"emu3.5 environment ready in {environment_s:.1f} s; tiny build {time.perf_counter() - started:.1f} s in all")
+    return root / "model", python, root / "tiny"
+
+
+@pytest.mark.slow
+def test_served_from_its_own_environment_and_reloaded_in_a_fresh_process(emu3p5, tmp_path):
+    model_dir, python, _ = emu3p5
+    with served(str(model_dir), cwd=tmp_path, timeout_s=900, env_manager="uv") as url:
+        answer = invoke(url, ROWS, params=PARAMS)
+        assert answer.status_code == 200, answer.text
+        predictions = answer.json()["predictions"]
+        assert isinstance(predictions[0]["text"], str)
+        generated, edited = predictions[1]["images"][0], predictions[2]["images"][0]
+        assert decode_image(generated).size == decode_image(edited).size == (64, 64)
+        assert json.loads(predictions[1]["params"])["guidance_scale"] == 5.0  # t2i card
+        assert json.loads(predictions[2]["params"])["guidance_scale"] == 3.0  # x2i card
+        alone = invoke(url, ROWS[1:2], params={**PARAMS, "seed": PARAMS["seed"] + 1}).json()["predictions"][0]
+        assert alone["images"][0] == generated  # row i runs with seed + i
+        refused = invoke(url, [{"task": "editing", "prompt": "make it blue", "images": []}])
+        assert refused.status_code == 400 and "1 to 3 reference images" in refused.json()["message"]
+    fresh = predict_in_fresh_process({"emu3_5": (model_dir, ROWS, PARAMS)}, tmp_path, python=str(python))["emu3_5"]
+    assert fresh["module"].startswith(str(model_dir / "code"))
+    assert_same_predictions(fresh["rows"], predictions)
+
+
+@pytest.mark.slow
+def test_registered_and_evaluated_on_shapes_in_its_own_environment(emu3p5, workspace):
+    _, _, tiny = emu3p5
+    mlflow.set_experiment("emu3p5")
+    with mlflow.start_run():
+        info = flavor.log_model(_checkpoint(str(tiny)), registered_model_name="emu3_5-tiny")
+    assert info.registered_model_version == 1
+    summary = evaluate(EvalRecipe(model="models:/emu3_5-tiny/1", limit=4, seed=1, batch_size=4,
+                                  params=InferenceParams(max_new_tokens=8), experiment="eval-emu3_5"))
+    tags = mlflow.MlflowClient().get_run(summary.run_id).data.tags
+    assert tags["umm.backbone"] == "emu3_5" and tags["umm.env_manager"] == "uv"  # the model's own choice
+    assert summary.metrics["shapes/failed_samples"] == 0
+    assert 0.0 <= summary.metrics["shapes/generation_overall"] <= 1.0
+    assert 0.0 <= summary.metrics["shapes/understanding_acc"] <= 1.0
