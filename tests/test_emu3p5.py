@@ -96,8 +96,8 @@ def test_served_from_its_own_environment_and_reloaded_in_a_fresh_process(emu3p5,
         assert json.loads(predictions[2]["params"])["guidance_scale"] == 3.0  # x2i card
         alone = invoke(url, ROWS[1:2], params={**PARAMS, "seed": PARAMS["seed"] + 1}).json()["predictions"][0]
         assert alone["images"][0] == generated  # row i runs with seed + i
-        refused = invoke(url, [{"task": "editing", "prompt": "make it blue", "images": []}])
-        assert refused.status_code == 400 and "1 to 3 reference images" in refused.json()["message"]
+        refused = invoke(url, [{"task": "editing", "prompt": "make it blue", "images": [SCENE] * 4}])
+        assert refused.status_code == 400 and "1 to 3 reference images; got 4" in refused.json()["message"]
     fresh = predict_in_fresh_process({"emu3_5": (model_dir, ROWS, PARAMS)}, tmp_path, python=str(python))["emu3_5"]
     assert fresh["module"].startswith(str(model_dir / "code"))
     assert_same_predictions(fresh["rows"], predictions)

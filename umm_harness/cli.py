@@ -348,6 +348,7 @@ def list_models() -> None:
         # Blocked backbones need their repository's own pins; others need the harness's plus their extras.
         extras = len(cls.pip_requirements)
         environment = ("upstream pins" if getattr(cls, "upstream_pins", None)
+                       else f"own ({cls.env_manager})" if cls.env_manager != "local"
                        else f"harness+{extras}" if extras else "harness")
         status = getattr(cls, "status", "runs here")
         click.echo(f"{key:12s} {', '.join(info['capabilities']):34s} {info['route']:18s} {environment:13s} "
