@@ -34,11 +34,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -46,7 +44,14 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from model_flavors.upstream_checkout import UpstreamCheckout, import_or_explain, private_package
-from umm_harness.core.backbone import Backbone, ModelInfo, require_safetensors
+from model_flavors.upstream_backbone import (
+    UpstreamBackbone,
+    checkout_requirement,
+    local_folder,
+    save_state,
+    torch_dtype,
+)
+from umm_harness.core.backbone import ModelInfo, require_safetensors
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind, decode_image
 
@@ -113,22 +118,21 @@ def load_tokenizer(api: SimpleNamespace, folder: Path):
     return tokenizer
 
 
-class Emu3p5(Backbone):
+class Emu3p5(UpstreamBackbone):
     key: ClassVar[str] = "emu3_5"
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation", "editing"})
-    route: ClassVar[str] = "upstream"
-    requires: ClassVar[tuple[str, ...]] = (f"a checkout of {UPSTREAM.repo} at {UPSTREAM.commit[:12]}",
+    requires: ClassVar[tuple[str, ...]] = (checkout_requirement(UPSTREAM),
                                            "its own environment (transformers==4.48.2, tiktoken): --env-manager uv")
     hub_ids: ClassVar[tuple[str, ...]] = ("BAAI/Emu3.5", "BAAI/Emu3.5-Image")
     notes: ClassVar[str] = ("34B next-token model over IBQ image tokens (BAAI/Emu3.5-VisionTokenizer); editing = "
                             "x2i; at scale: upstream's patched vLLM behind a server (emu3_5_vllm)")
     pip_requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS
     upstream: ClassVar[UpstreamCheckout] = UPSTREAM
+    sizes_file: ClassVar[str] = REFERENCE_FILE
     env_manager: ClassVar[str] = "uv"
 
     def __init__(self, api: SimpleNamespace, model, vq, tokenizer, sizes: Emu3p5Sizes, info: ModelInfo):
         self.api, self.model, self.vq, self.tokenizer, self.sizes, self.info = api, model.eval(), vq.eval(), tokenizer, sizes, info
-        self.repo_path = Path(sizes.repo_path) if sizes.repo_path else None
         self.special_token_ids = {name: tokenizer.encode(getattr(tokenizer, role))[0] for name, role in SPECIAL.items()}
 
     # -- loading and saving -------------------------------------------------------------------
@@ -138,34 +142,24 @@ class Emu3p5(Backbone):
              repo_path: str | Path | None = None, vq_source: str = VQ_HUB_ID, allow_pickle: bool = False) -> Emu3p5:
         """`source`: a folder this adapter saved, or an Emu3.5 checkpoint (hub id or folder holding
         `emu3.tiktoken` and `emu3_vision_tokens.txt`) used with the IBQ tokenizer at `vq_source`."""
-        import torch
-
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        if dtype not in dtypes:
-            raise ValueError(f"dtype must be one of {sorted(dtypes)}, got {dtype!r}")
-        folder = Path(source)
-        saved = (folder / REFERENCE_FILE).is_file()
-        sizes = Emu3p5Sizes(**json.loads((folder / REFERENCE_FILE).read_text())) if saved else Emu3p5Sizes()
-        repo = UPSTREAM.resolve(repo_path or os.environ.get(UPSTREAM.env) or sizes.repo_path)
+        dtype_ = torch_dtype(dtype)
+        sizes, repo, saved = cls.saved_sizes(Path(source), Emu3p5Sizes(), repo_path)
         api = import_upstream(repo)
-        sizes.repo_path = str(repo)
-        folder = folder if folder.is_dir() else _download(source, revision)
+        folder = local_folder(source, revision)
         model_folder, tokenizer_folder = (folder / "model", folder / "tokenizer") if saved else (folder, folder)
-        vq_folder = folder / "vq" if saved else (Path(vq_source) if Path(vq_source).is_dir() else _download(vq_source))
+        vq_folder = folder / "vq" if saved else local_folder(vq_source)
         require_safetensors(str(model_folder), allow_pickle)
         absent = [name for name in TOKENIZER_FILES if not (tokenizer_folder / name).is_file()]
         if absent:
             raise ConfigError(f"{tokenizer_folder} has no {', '.join(absent)}: an Emu3.5 checkpoint carries its "
                               f"tokenizer files ({', '.join(TOKENIZER_FILES)})")
-        model = api.model.Emu3ForCausalLM.from_pretrained(str(model_folder), torch_dtype=dtypes[dtype],
+        model = api.model.Emu3ForCausalLM.from_pretrained(str(model_folder), torch_dtype=dtype_,
                                                           attn_implementation="sdpa").to(device)
         vq = _load_vq(api, vq_folder, allow_pickle).to(device)
         return cls(api, model, vq, load_tokenizer(api, tokenizer_folder), sizes,
                    ModelInfo(backbone=cls.key, source=source, revision=revision, dtype=dtype))
 
     def save_pretrained(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
         path = Path(path)
         self.model.save_pretrained(path / "model", safe_serialization=True)
         tokenizer_folder = path / "tokenizer"
@@ -173,10 +167,9 @@ class Emu3p5(Backbone):
         write_tiktoken(tokenizer_folder / TOKENIZER_FILES[0], self.tokenizer.mergeable_ranks)
         vision = [t for t, i in sorted(self.tokenizer.special_tokens.items(), key=lambda item: item[1])][3 + 205:]
         (tokenizer_folder / TOKENIZER_FILES[1]).write_text("\n".join(vision) + "\n")
-        (path / "vq").mkdir(parents=True, exist_ok=True)
+        save_state(self.vq, path / "vq" / "model.safetensors")
         (path / "vq" / "config.yaml").write_text(json.dumps(self.vq.umm_config, indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in self.vq.state_dict().items()}, str(path / "vq" / "model.safetensors"))
-        (path / REFERENCE_FILE).write_text(json.dumps(asdict(self.sizes), indent=2) + "\n")
+        self.save_sizes(path)
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -277,12 +270,6 @@ class Emu3p5(Backbone):
 
             logging.getLogger(__name__).debug("emu3_5 upstream: %s", printed.getvalue().strip()[-2000:])
         return out
-
-
-def _download(source: str, revision: str | None = None) -> Path:
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(source, revision=revision))
 
 
 def _load_vq(api: SimpleNamespace, folder: Path, allow_pickle: bool):

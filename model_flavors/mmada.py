@@ -35,13 +35,11 @@ non-default size, its encoder/decoder arguments) and `umm_mmada.json` (sizes, ch
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -57,7 +55,14 @@ from model_flavors.upstream_checkout import (
     module_from_file,
     private_package,
 )
-from umm_harness.core.backbone import Backbone, ModelInfo, require_safetensors
+from model_flavors.upstream_backbone import (
+    UpstreamBackbone,
+    checkout_requirement,
+    local_folder,
+    save_state,
+    torch_dtype,
+)
+from umm_harness.core.backbone import ModelInfo, require_safetensors
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
@@ -74,7 +79,6 @@ REFERENCE_FILE = "umm_mmada.json"
 VQ_HUB_ID = "showlab/magvitv2"
 SPECIAL_TOKENS = ("<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>")
 _ALIAS = "_umm_mmada"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -152,11 +156,10 @@ def to_vq_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
     return (array - 0.5) / 0.5
 
 
-class Mmada(Backbone):
+class Mmada(UpstreamBackbone):
     key: ClassVar[str] = "mmada"
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation"})
-    route: ClassVar[str] = "upstream"
-    requires: ClassVar[tuple[str, ...]] = (f"a checkout of {UPSTREAM.repo} at {UPSTREAM.commit[:12]}",
+    requires: ClassVar[tuple[str, ...]] = (checkout_requirement(UPSTREAM),
                                            "diffusers>=0.35", "omegaconf", "einops", "jaxtyping", "typeguard")
     hub_ids: ClassVar[tuple[str, ...]] = ("Gen-Verse/MMaDA-8B-Base", "Gen-Verse/MMaDA-8B-MixCoT")
     notes: ClassVar[str] = "masked discrete diffusion for text and MAGVIT-v2 image tokens (VQ: showlab/magvitv2)"
@@ -164,11 +167,11 @@ class Mmada(Backbone):
     # adjusted to what runs here (checked: transformers 5.25, diffusers 0.42.1, the CPU torch 2.13.0 wheel).
     pip_requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS[2:]  # torch and transformers: the base pins
     upstream: ClassVar[UpstreamCheckout] = UPSTREAM
+    sizes_file: ClassVar[str] = REFERENCE_FILE
 
     def __init__(self, api: SimpleNamespace, lm, vq, tokenizer, sizes: MmadaSizes, info: ModelInfo):
         self.api, self.lm, self.vq, self.tokenizer = api, lm.eval(), vq.eval(), tokenizer
         self.sizes, self.info = sizes, info
-        self.repo_path = Path(sizes.repo_path) if sizes.repo_path else None  # the checkout this instance runs on
         tokenizer.padding_side = "left"
         self.prompting = api.prompting.UniversalPrompting(
             tokenizer, max_text_len=sizes.max_text_len, special_tokens=SPECIAL_TOKENS, ignore_id=-100,
@@ -182,44 +185,29 @@ class Mmada(Backbone):
              repo_path: str | Path | None = None, vq_source: str = VQ_HUB_ID, allow_pickle: bool = False) -> Mmada:
         """`source`: a folder this adapter saved (it names its LM, VQ and sizes), or a MMaDA LM checkpoint
         (hub id or folder) used with the MAGVITv2 at `vq_source` and the published sizes."""
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        reference = Path(source) / REFERENCE_FILE
-        if reference.is_file():
-            sizes = MmadaSizes(**json.loads(reference.read_text()))
-            lm_source, vq_source = str(Path(source) / "lm"), str(Path(source) / "vq")
-        else:
-            sizes, lm_source = MmadaSizes(), source
-        repo = UPSTREAM.resolve(repo_path or os.environ.get(UPSTREAM.env) or sizes.repo_path)
+        dtype_ = torch_dtype(dtype)
+        sizes, repo, saved = cls.saved_sizes(Path(source), MmadaSizes(), repo_path)
+        lm_source = str(Path(source) / "lm") if saved else source
+        vq_source = str(Path(source) / "vq") if saved else vq_source
         api = import_upstream(repo)
-        sizes.repo_path = str(repo)
-        torch_dtype = _DTYPES[dtype]
         require_safetensors(lm_source, allow_pickle)
         from transformers import AutoTokenizer
 
-        lm = api.LM.from_pretrained(lm_source, revision=revision, dtype=torch_dtype,
+        lm = api.LM.from_pretrained(lm_source, revision=revision, dtype=dtype_,
                                    use_safetensors=not allow_pickle).to(device)
         tokenizer = AutoTokenizer.from_pretrained(lm_source, revision=revision)
         vq = build_vq(api, sizes.vq_args)
-        vq_folder = Path(vq_source)
-        if not vq_folder.is_dir():
-            from huggingface_hub import snapshot_download
-
-            vq_folder = Path(snapshot_download(vq_source))
-        vq.load_state_dict(_vq_state_dict(vq_folder, allow_pickle), strict=True)
+        vq.load_state_dict(_vq_state_dict(local_folder(vq_source), allow_pickle), strict=True)
         vq = vq.to(device)
         return cls(api, lm, vq, tokenizer, sizes, ModelInfo(backbone=cls.key, source=source, revision=revision,
                                                              dtype=dtype))
 
     def save_pretrained(self, path: Path) -> None:
-        from safetensors.torch import save_file
-
         path = Path(path)
         self.lm.save_pretrained(path / "lm")
         self.tokenizer.save_pretrained(path / "lm")
-        (path / "vq").mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.vq.state_dict().items()}, str(path / "vq" / "model.safetensors"))
-        (path / REFERENCE_FILE).write_text(json.dumps(asdict(self.sizes), indent=2) + "\n")
+        save_state(self.vq, path / "vq" / "model.safetensors")
+        self.save_sizes(path)
 
     # -- requests -----------------------------------------------------------------------------
 

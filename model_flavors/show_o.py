@@ -25,11 +25,9 @@ Defaults (README, 512 model): CFG 5, 50 timesteps, temperature 1.0, cosine sched
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -45,7 +43,14 @@ from model_flavors.upstream_checkout import (
     module_from_file,
     private_package,
 )
-from umm_harness.core.backbone import Backbone, ModelInfo, require_safetensors
+from model_flavors.upstream_backbone import (
+    UpstreamBackbone,
+    checkout_requirement,
+    local_folder,
+    save_state,
+    torch_dtype,
+)
+from umm_harness.core.backbone import ModelInfo, require_safetensors
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
 
@@ -59,7 +64,6 @@ REFERENCE_FILE = "umm_show_o.json"
 VQ_HUB_ID = "showlab/magvitv2"
 SPECIAL_TOKENS = ("<|soi|>", "<|eoi|>", "<|sov|>", "<|eov|>", "<|t2i|>", "<|mmu|>", "<|t2v|>", "<|v2v|>", "<|lvg|>")
 _ALIAS = "_umm_show_o"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -101,11 +105,10 @@ def _phi_for_transformers5(vendored: type) -> type:
     return PhiForCausalLM
 
 
-class ShowO(Backbone):
+class ShowO(UpstreamBackbone):
     key: ClassVar[str] = "show_o"
     capabilities: ClassVar[frozenset[TaskKind]] = frozenset({"understanding", "generation"})
-    route: ClassVar[str] = "upstream"
-    requires: ClassVar[tuple[str, ...]] = (f"a checkout of {UPSTREAM.repo} at {UPSTREAM.commit[:12]}",
+    requires: ClassVar[tuple[str, ...]] = (checkout_requirement(UPSTREAM),
                                            "diffusers>=0.35", "omegaconf", "einops", "jaxtyping", "typeguard")
     hub_ids: ClassVar[tuple[str, ...]] = ("showlab/show-o", "showlab/show-o-512x512")
     notes: ClassVar[str] = "Phi-1.5 + discrete diffusion over MAGVIT-v2 tokens (VQ: showlab/magvitv2)"
@@ -113,10 +116,10 @@ class ShowO(Backbone):
     # adjusted to what runs with the adapter's accommodations here (transformers 5.25, diffusers 0.42.1).
     pip_requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS[2:]  # torch and transformers: the base pins
     upstream: ClassVar[UpstreamCheckout] = UPSTREAM
+    sizes_file: ClassVar[str] = REFERENCE_FILE
 
     def __init__(self, api: SimpleNamespace, model, vq, tokenizer, sizes: ShowOSizes, info: ModelInfo):
         self.api, self.model, self.vq, self.tokenizer, self.sizes, self.info = api, model.eval(), vq.eval(), tokenizer, sizes, info
-        self.repo_path = Path(sizes.repo_path) if sizes.repo_path else None  # the checkout this instance runs on
         tokenizer.padding_side = "left"
         self.prompting = api.prompting.UniversalPrompting(tokenizer, max_text_len=sizes.max_text_len,
                                                           special_tokens=SPECIAL_TOKENS, ignore_id=-100,
@@ -135,18 +138,10 @@ class ShowO(Backbone):
              repo_path: str | Path | None = None, vq_source: str = VQ_HUB_ID, allow_pickle: bool = False) -> ShowO:
         """`source`: a folder this adapter saved, or a Show-o checkpoint (hub id or folder) used with the
         MAGVITv2 at `vq_source`, its Phi config and tokenizer from the checkpoint's `llm_model_path`."""
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        folder = Path(source)
-        saved = (folder / REFERENCE_FILE).is_file()
-        sizes = ShowOSizes(**json.loads((folder / REFERENCE_FILE).read_text())) if saved else ShowOSizes()
-        repo = UPSTREAM.resolve(repo_path or os.environ.get(UPSTREAM.env) or sizes.repo_path)
+        dtype_ = torch_dtype(dtype)
+        sizes, repo, saved = cls.saved_sizes(Path(source), ShowOSizes(), repo_path)
         api = import_upstream(repo)
-        sizes.repo_path = str(repo)
-        if not folder.is_dir():
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(source, revision=revision))
+        folder = local_folder(source, revision)
         model_folder = folder / "showo" if saved else folder
         require_safetensors(str(model_folder), allow_pickle)
         config = dict(api.showo.Showo.load_config(model_folder))
@@ -165,29 +160,23 @@ class ShowO(Backbone):
         for file in sorted(model_folder.glob("*.safetensors")):
             state.update(load_file(str(file)))
         model.load_state_dict(state, strict=True)
-        model = model.to(device=device, dtype=_DTYPES[dtype])
+        model = model.to(device=device, dtype=dtype_)
         tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer") if saved else config["llm_model_path"])
         vq = build_vq(api, sizes.vq_args)
-        vq_folder = folder / "vq" if saved else Path(vq_source)
-        if not vq_folder.is_dir():
-            from huggingface_hub import snapshot_download
-
-            vq_folder = Path(snapshot_download(vq_source))
+        vq_folder = folder / "vq" if saved else local_folder(vq_source)
         vq.load_state_dict(_vq_state_dict(vq_folder, allow_pickle), strict=True)
         return cls(api, model, vq.to(device), tokenizer, sizes,
                    ModelInfo(backbone=cls.key, source=source, revision=revision, dtype=dtype))
 
     def save_pretrained(self, path: Path) -> None:
-        from safetensors.torch import save_file
         from transformers import AutoConfig
 
         path = Path(path)
         AutoConfig.from_pretrained(self.model.config.llm_model_path).save_pretrained(path / "phi")
         self.model.save_pretrained(path / "showo", safe_serialization=True)
         self.tokenizer.save_pretrained(path / "tokenizer")
-        (path / "vq").mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.vq.state_dict().items()}, str(path / "vq" / "model.safetensors"))
-        (path / REFERENCE_FILE).write_text(json.dumps(asdict(self.sizes), indent=2) + "\n")
+        save_state(self.vq, path / "vq" / "model.safetensors")
+        self.save_sizes(path)
 
     # -- requests -----------------------------------------------------------------------------
 

@@ -88,3 +88,29 @@ def environment_python(model_dir: Path, env_manager: str, cwd: Path) -> Path:
     found = re.search(r"(?:Creating a new environment in|Environment) (\S+)", done.stderr + done.stdout)
     assert found, (done.stderr + done.stdout)[-3000:]
     return Path(found.group(1)) / "bin" / "python"
+
+
+def task_rows(image: str, tasks: tuple[str, ...] = ("understanding", "generation", "editing")) -> list[dict[str, Any]]:
+    """One pyfunc row per task, about a base64 `image` of a red scene."""
+    rows = {"understanding": {"task": "understanding", "prompt": "Is there a red circle?", "images": [image]},
+            "generation": {"task": "generation", "prompt": "a photo of a red circle", "images": []},
+            "editing": {"task": "editing", "prompt": "make it blue", "images": [image]}}
+    return [rows[task] for task in tasks]
+
+
+def assert_reloads_the_same(backbones: dict[str, tuple[Any, list[dict[str, Any]]]], params: dict[str, Any], cwd: Path,
+                            *, pixel_tolerance: int = 0) -> None:
+    """Save each loaded backbone under `cwd/<name>`, then load them all in one fresh process: each
+    answers its rows from the model's own code/ as it answers them here."""
+    from model_flavors import flavor
+
+    models, expected = {}, {}
+    for name, (backbone, rows) in backbones.items():
+        flavor.save_model(backbone, Path(cwd) / name)
+        models[name] = (Path(cwd) / name, rows, params)
+        expected[name] = json.loads(flavor.UmmPyfuncModel(backbone).predict(pd.DataFrame(rows), params=params)
+                                    .to_json(orient="records"))
+    for name, answer in predict_in_fresh_process(models, cwd).items():
+        # Imported from a saved model's own code/ (the first one loaded), never from this repository.
+        assert answer["module"].startswith(str(cwd)) and "/code/model_flavors/" in answer["module"], name
+        assert_same_predictions(answer["rows"], expected[name], name=name, pixel_tolerance=pixel_tolerance)

@@ -10,7 +10,6 @@ from contextlib import ExitStack
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -19,7 +18,7 @@ from model_flavors import bagel_cpu, flavor
 from model_flavors.bagel import Bagel
 from model_flavors.bagel_tiny import build_tiny
 from tests.conftest import REPO, umm
-from tests.reload import assert_same_predictions, predict_in_fresh_process
+from tests.reload import assert_reloads_the_same, task_rows
 from tests.serving import invoke, served
 from umm_harness.config import EvalRecipe
 from umm_harness.core.requests import InferenceParams, InferenceRequest, decode_image, encode_png
@@ -179,22 +178,14 @@ def test_think_mode_reasons_before_the_image_or_the_answer(bagel):
 
 # -- the flavor: save, reload elsewhere, register, evaluate, serve -----------------------------
 
-ROWS = [
-    {"task": "understanding", "prompt": "Is there a red circle?", "images": [encode_png(_scene())]},
-    {"task": "generation", "prompt": "a photo of a red circle", "images": []},
-    {"task": "editing", "prompt": "make it blue", "images": [encode_png(_scene())]},
-]
+ROWS = task_rows(encode_png(_scene()))
 PARAMS = {"seed": 5, "steps": 3, "max_new_tokens": 4}
 
+
 def test_saved_model_carries_the_tiny_weights_and_reloads_in_a_fresh_process(bagel, tmp_path):
-    flavor.save_model(bagel, tmp_path / "model")
-    reference = json.loads((tmp_path / "model" / "weights" / "umm_bagel.json").read_text())
-    assert reference["checkpoint"] == "." and (tmp_path / "model" / "weights" / "ema.safetensors").is_file()
-    expected = json.loads(flavor.UmmPyfuncModel(bagel).predict(pd.DataFrame(ROWS), params=PARAMS)
-                          .to_json(orient="records"))
-    fresh = predict_in_fresh_process({"bagel": (tmp_path / "model", ROWS, PARAMS)}, tmp_path)["bagel"]
-    assert fresh["module"].startswith(str(tmp_path / "model" / "code"))  # the model's own code, not this repo
-    assert_same_predictions(fresh["rows"], expected)
+    assert_reloads_the_same({"bagel": (bagel, ROWS)}, PARAMS, tmp_path)
+    reference = json.loads((tmp_path / "bagel" / "weights" / "umm_bagel.json").read_text())
+    assert reference["checkpoint"] == "." and (tmp_path / "bagel" / "weights" / "ema.safetensors").is_file()
 
 
 @pytest.mark.slow

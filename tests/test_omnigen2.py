@@ -5,7 +5,6 @@ import json
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -14,7 +13,7 @@ from model_flavors import flavor, registry
 from model_flavors.omnigen2 import NEGATIVE_PROMPT, REPO_ENV, OmniGen2, TextImageProcessor, resolve_checkout
 from model_flavors.omnigen2_tiny import build_tiny
 from tests.conftest import REPO
-from tests.reload import assert_same_predictions, predict_in_fresh_process
+from tests.reload import assert_reloads_the_same, task_rows
 from tests.serving import invoke, served
 from umm_harness.config import EvalRecipe
 from umm_harness.core.errors import ConfigError
@@ -115,21 +114,13 @@ def test_a_folder_without_the_components_is_refused(tmp_path):
         OmniGen2.load(str(tmp_path), repo_path=CHECKOUT, device="cpu")
 
 
-ROWS = [
-    {"task": "understanding", "prompt": "Is there a red circle?", "images": [encode_png(_scene())]},
-    {"task": "generation", "prompt": "a photo of a red circle", "images": []},
-    {"task": "editing", "prompt": "make it blue", "images": [encode_png(_scene())]},
-]
+ROWS = task_rows(encode_png(_scene()))
 PARAMS = {"seed": 5, "steps": 3, "max_new_tokens": 4}
 
+
 def test_saved_model_reloads_in_a_fresh_process_with_the_same_outputs(omnigen2, tmp_path):
-    flavor.save_model(omnigen2, tmp_path / "model")
-    assert json.loads((tmp_path / "model" / "weights" / "umm_omnigen2.json").read_text())["checkpoint"] == "."
-    expected = json.loads(flavor.UmmPyfuncModel(omnigen2).predict(pd.DataFrame(ROWS), params=PARAMS)
-                          .to_json(orient="records"))
-    fresh = predict_in_fresh_process({"omnigen2": (tmp_path / "model", ROWS, PARAMS)}, tmp_path)["omnigen2"]
-    assert fresh["module"].startswith(str(tmp_path / "model" / "code"))  # the model's own code, not this repo
-    assert_same_predictions(fresh["rows"], expected)
+    assert_reloads_the_same({"omnigen2": (omnigen2, ROWS)}, PARAMS, tmp_path)
+    assert json.loads((tmp_path / "omnigen2" / "weights" / "umm_omnigen2.json").read_text())["checkpoint"] == "."
 
 
 @pytest.mark.slow
