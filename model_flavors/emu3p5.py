@@ -43,14 +43,8 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
+from model_flavors.upstream_backbone import UpstreamBackbone, checkout_requirement, local_folder, save_state, torch_dtype
 from model_flavors.upstream_checkout import UpstreamCheckout, import_or_explain, private_package
-from model_flavors.upstream_backbone import (
-    UpstreamBackbone,
-    checkout_requirement,
-    local_folder,
-    save_state,
-    torch_dtype,
-)
 from umm_harness.core.backbone import ModelInfo, require_safetensors
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind, decode_image

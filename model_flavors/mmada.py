@@ -55,13 +55,7 @@ from model_flavors.upstream_checkout import (
     module_from_file,
     private_package,
 )
-from model_flavors.upstream_backbone import (
-    UpstreamBackbone,
-    checkout_requirement,
-    local_folder,
-    save_state,
-    torch_dtype,
-)
+from model_flavors.upstream_backbone import UpstreamBackbone, checkout_requirement, local_folder, save_state, torch_dtype
 from umm_harness.core.backbone import ModelInfo, require_safetensors
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind
