@@ -24,6 +24,16 @@ How requests become upstream calls:
 - understanding: the image template with the question, text sampled with the card's text
   settings (top-k 1024, top-p 0.9); temperature 0 means greedy.
 
+At scale (route `engine`): the model source is the URL of a running server of upstream's patched
+vLLM 0.11 (`python src/patch/apply.py`, then vLLM's OpenAI server on the checkpoint, on a GPU).
+Prompts, the image tokenizer and the decoding stay here; each request is one `/v1/completions`
+call carrying what upstream's `utils/vllm_generation_utils.py` hands its engine: the prompt's token
+ids, the unconditional prompt's (`uncond_prompt_token_ids`), the CFG and differential-sampling
+settings (`vllm_xargs`, vLLM's field for `SamplingParams.extra_args`), and `stop_token_ids` (image
+end for t2i / x2i, EOS for text); token ids come back with `return_token_ids`. That wire format
+follows upstream's engine inputs and vLLM's documented request fields; it is tested against a
+local stand-in server, not a patched vLLM (which needs CUDA).
+
 Defaults (`configs/example_config_t2i.py`, `example_config_x2i.py`): CFG 5.0 (t2i) / 3.0 (x2i),
 "no_text" unconditional prompt, image tokens top-k 5120, text top-k 1024 / top-p 0.9,
 temperature 1.0, 1024 px (1:1 = 64×64 tokens), seed 6666, at most 5120 new tokens.
@@ -45,6 +55,7 @@ from PIL import Image
 
 from model_flavors.upstream_backbone import UpstreamBackbone, checkout_requirement, local_folder, save_state, torch_dtype
 from model_flavors.upstream_checkout import UpstreamCheckout, import_or_explain, private_package
+from model_flavors.vllm_omni import VllmOmniClient
 from umm_harness.core.backbone import ModelInfo, require_safetensors
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, TaskKind, decode_image
@@ -83,6 +94,7 @@ IMAGE_SAMPLING = {"image_top_k": 5120, "image_top_p": 1.0, "image_temperature": 
 TEXT_SAMPLING = {"text_top_k": 1024, "text_top_p": 0.9}
 CFG = {"generation": 5.0, "editing": 3.0}
 MAX_REFERENCES = 3  # example_config_x2i.py: "maximum 3 images"
+ENGINE_START = "python src/patch/apply.py && vllm serve BAAI/Emu3.5-Image --port 8000  (CUDA, requirements/vllm.txt)"
 
 
 @dataclass
@@ -118,42 +130,55 @@ class Emu3p5(UpstreamBackbone):
     requires: ClassVar[tuple[str, ...]] = (checkout_requirement(UPSTREAM),
                                            "its own environment (transformers==4.48.2, tiktoken): --env-manager uv")
     hub_ids: ClassVar[tuple[str, ...]] = ("BAAI/Emu3.5", "BAAI/Emu3.5-Image")
+    route: ClassVar[str] = "upstream | engine"
     notes: ClassVar[str] = ("34B next-token model over IBQ image tokens (BAAI/Emu3.5-VisionTokenizer); editing = "
-                            "x2i; at scale: upstream's patched vLLM behind a server (emu3_5_vllm)")
+                            "x2i; at scale: a running server of upstream's patched vLLM (source = its URL)")
     pip_requirements: ClassVar[tuple[str, ...]] = REQUIREMENTS
     upstream: ClassVar[UpstreamCheckout] = UPSTREAM
     sizes_file: ClassVar[str] = REFERENCE_FILE
     env_manager: ClassVar[str] = "uv"
 
-    def __init__(self, api: SimpleNamespace, model, vq, tokenizer, sizes: Emu3p5Sizes, info: ModelInfo):
-        self.api, self.model, self.vq, self.tokenizer, self.sizes, self.info = api, model.eval(), vq.eval(), tokenizer, sizes, info
+    def __init__(self, api: SimpleNamespace, model, vq, tokenizer, sizes: Emu3p5Sizes, info: ModelInfo,
+                 engine: VllmOmniClient | None = None):
+        """`model` is the local decoder, or None when `engine` (a patched vLLM server) runs it."""
+        self.api, self.vq, self.tokenizer, self.sizes, self.info = api, vq.eval(), tokenizer, sizes, info
+        self.model, self.engine = (model.eval() if model is not None else None), engine
+        self.engine_model = engine.served_models(ENGINE_START)[0] if engine else None
         self.special_token_ids = {name: tokenizer.encode(getattr(tokenizer, role))[0] for name, role in SPECIAL.items()}
 
     # -- loading and saving -------------------------------------------------------------------
 
     @classmethod
     def load(cls, source: str, *, revision: str | None = None, dtype: str = "float32", device: str = "cpu",
-             repo_path: str | Path | None = None, vq_source: str = VQ_HUB_ID, allow_pickle: bool = False) -> Emu3p5:
+             repo_path: str | Path | None = None, vq_source: str = VQ_HUB_ID, allow_pickle: bool = False,
+             checkpoint: str = "BAAI/Emu3.5-Image") -> Emu3p5:
         """`source`: a folder this adapter saved, or an Emu3.5 checkpoint (hub id or folder holding
-        `emu3.tiktoken` and `emu3_vision_tokens.txt`) used with the IBQ tokenizer at `vq_source`."""
+        `emu3.tiktoken` and `emu3_vision_tokens.txt`) used with the IBQ tokenizer at `vq_source`;
+        or the URL of a patched-vLLM server, with the tokenizer (and sizes) of `checkpoint`."""
         dtype_ = torch_dtype(dtype)
-        sizes, repo, saved = cls.saved_sizes(Path(source), Emu3p5Sizes(), repo_path)
+        engine = VllmOmniClient(source) if source.startswith(("http://", "https://")) else None
+        local = checkpoint if engine else source
+        sizes, repo, saved = cls.saved_sizes(Path(local), Emu3p5Sizes(), repo_path)
         api = import_upstream(repo)
-        folder = local_folder(source, revision)
+        folder = local_folder(local, revision)
         model_folder, tokenizer_folder = (folder / "model", folder / "tokenizer") if saved else (folder, folder)
         vq_folder = folder / "vq" if saved else local_folder(vq_source)
-        require_safetensors(str(model_folder), allow_pickle)
         absent = [name for name in TOKENIZER_FILES if not (tokenizer_folder / name).is_file()]
         if absent:
             raise ConfigError(f"{tokenizer_folder} has no {', '.join(absent)}: an Emu3.5 checkpoint carries its "
                               f"tokenizer files ({', '.join(TOKENIZER_FILES)})")
-        model = api.model.Emu3ForCausalLM.from_pretrained(str(model_folder), torch_dtype=dtype_,
-                                                          attn_implementation="sdpa").to(device)
+        model = None
+        if engine is None:
+            require_safetensors(str(model_folder), allow_pickle)
+            model = api.model.Emu3ForCausalLM.from_pretrained(str(model_folder), torch_dtype=dtype_,
+                                                              attn_implementation="sdpa").to(device)
         vq = _load_vq(api, vq_folder, allow_pickle).to(device)
         return cls(api, model, vq, load_tokenizer(api, tokenizer_folder), sizes,
-                   ModelInfo(backbone=cls.key, source=source, revision=revision, dtype=dtype))
+                   ModelInfo(backbone=cls.key, source=source, revision=revision, dtype=dtype), engine=engine)
 
     def save_pretrained(self, path: Path) -> None:
+        if self.engine:
+            raise ConfigError(f"emu3_5 behind {self.engine.url} has no local weights to save; log its checkpoint")
         path = Path(path)
         self.model.save_pretrained(path / "model", safe_serialization=True)
         tokenizer_folder = path / "tokenizer"
@@ -244,7 +269,7 @@ class Emu3p5(UpstreamBackbone):
         upstream's progress prints go to the debug log."""
         import torch
 
-        device = self.model.device
+        device = self.model.device if self.model is not None else next(self.vq.parameters()).device
         ids = self.tokenizer.encode(prompt + answer_start, return_tensors="pt", add_special_tokens=False).to(device)
         unconditional_ids = self.tokenizer.encode(unconditional, return_tensors="pt", add_special_tokens=False).to(device)
         run = SimpleNamespace(
@@ -256,7 +281,15 @@ class Emu3p5(UpstreamBackbone):
         printed = io.StringIO()
         with torch.random.fork_rng(devices=[]), torch.inference_mode(), contextlib.redirect_stdout(printed):
             torch.manual_seed(seed)
-            tokens = next(self.api.generation.generate(run, self.model, self.tokenizer, ids, unconditional_ids))
+            if self.engine:
+                stop = self.special_token_ids["EOI" if target else "EOS"]
+                # the engine extends both prompts with each sampled token, so both start the answer alike
+                started = self.tokenizer.encode(answer_start, add_special_tokens=False) if answer_start else []
+                body = engine_request(self.engine_model, ids[0].tolist(), unconditional_ids[0].tolist() + started,
+                                      run, seed=seed, stop_token_ids=[stop], image_area=self.sizes.image_area)
+                tokens = engine_tokens(self.engine.post("/v1/completions", body))
+            else:
+                tokens = next(self.api.generation.generate(run, self.model, self.tokenizer, ids, unconditional_ids))
             text = answer_start + self.tokenizer.decode(tokens, skip_special_tokens=False)
             out = self.api.generation.multimodal_decode(text, self.tokenizer, self.vq)
         if printed.getvalue().strip():
@@ -264,6 +297,34 @@ class Emu3p5(UpstreamBackbone):
 
             logging.getLogger(__name__).debug("emu3_5 upstream: %s", printed.getvalue().strip()[-2000:])
         return out
+
+
+def engine_request(model: str, prompt_ids: list[int], unconditional_ids: list[int], run: SimpleNamespace, *,
+                   seed: int, stop_token_ids: list[int], image_area: int) -> dict[str, Any]:
+    """A `/v1/completions` body carrying what upstream's vllm_generation_utils gives its engine."""
+    sampling = run.sampling_params
+    extra = {"guidance_scale": run.classifier_free_guidance, "text_top_k": sampling["text_top_k"],
+             "text_top_p": sampling["text_top_p"], "text_temperature": sampling["text_temperature"],
+             "visual_top_k": sampling["image_top_k"], "visual_top_p": sampling["image_top_p"],
+             "visual_temperature": sampling["image_temperature"], "width": run.target_width,
+             "height": run.target_height, "area": image_area if run.target_width else None}
+    return {"model": model, "prompt": prompt_ids, "uncond_prompt_token_ids": unconditional_ids,
+            "max_tokens": sampling["max_new_tokens"], "top_k": sampling["top_k"], "top_p": sampling["top_p"],
+            "temperature": sampling["temperature"] if sampling.get("do_sample", True) else 0.0, "seed": seed,
+            "stop_token_ids": stop_token_ids, "return_token_ids": True, "skip_special_tokens": False,
+            "vllm_xargs": {k: v for k, v in extra.items() if v is not None}}
+
+
+def engine_tokens(body: Any) -> list[int]:
+    """The generated token ids of a `/v1/completions` answer asked with `return_token_ids`."""
+    try:
+        tokens = body["choices"][0]["token_ids"]
+    except (KeyError, IndexError, TypeError):
+        raise RuntimeError(f"the Emu3.5 server's answer has no choices[0].token_ids (it needs vLLM >= 0.10.2 "
+                           f"for return_token_ids): {str(body)[:300]}") from None
+    if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+        raise RuntimeError(f"the Emu3.5 server's token_ids are not a list of integers: {str(tokens)[:300]}")
+    return tokens
 
 
 def _load_vq(api: SimpleNamespace, folder: Path, allow_pickle: bool):

@@ -135,8 +135,12 @@ class VllmOmniClient:
                               f"is this a vllm-omni server?") from None
 
     def chat(self, payload: dict[str, Any]) -> ChatReply:
+        return parse_reply(self.post("/v1/chat/completions", payload))
+
+    def post(self, path: str, payload: dict[str, Any]) -> Any:
+        """POST `payload` to `path`; the JSON answer, or a `VllmOmniError` that says what went wrong."""
         try:
-            response = requests.post(f"{self.url}/v1/chat/completions", json=payload, headers=self.headers,
+            response = requests.post(f"{self.url}{path}", json=payload, headers=self.headers,
                                      timeout=self.timeout)
         except requests.Timeout:
             raise VllmOmniError(f"vllm-omni server at {self.url} did not answer within {self.timeout[1]:g} s "
@@ -148,11 +152,10 @@ class VllmOmniClient:
             raise VllmOmniError(f"vllm-omni server at {self.url} refused the request: HTTP {response.status_code}: "
                                 f"{_server_message(response)}")
         try:
-            body = response.json()
+            return response.json()
         except ValueError:
             raise VllmOmniError(f"vllm-omni server at {self.url} answered with non-JSON: "
                                 f"{response.text[:300]}") from None
-        return parse_reply(body)
 
     def chat_many(self, payloads: Sequence[dict[str, Any]]) -> list[ChatReply]:
         """Concurrent requests (the server batches them); replies in order; the first failure propagates."""

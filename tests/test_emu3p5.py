@@ -8,7 +8,11 @@ logged, registered and evaluated on `shapes` by `umm eval` through its own envir
 import json
 import os
 import subprocess
+import textwrap
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -16,12 +20,13 @@ from mlflow.models import Model
 from PIL import Image
 
 from model_flavors import environment, flavor
-from model_flavors.emu3p5 import TEXT_VOCAB, UPSTREAM, Emu3p5, tiny_ranks
+from model_flavors.emu3p5 import TEXT_VOCAB, UPSTREAM, Emu3p5, engine_request, engine_tokens, tiny_ranks
 from tests.conftest import REPO
 from tests.reload import assert_same_predictions, environment_python, predict_in_fresh_process
 from tests.serving import invoke, served
 from umm_harness.config import EvalRecipe
 from umm_harness.core.errors import ConfigError
+from umm_harness.core.ports import free_port
 from umm_harness.core.requests import InferenceParams, decode_image, encode_png
 from umm_harness.evaluate import evaluate
 
@@ -117,3 +122,91 @@ def test_registered_and_evaluated_on_shapes_in_its_own_environment(emu3p5, works
     assert summary.metrics["shapes/failed_samples"] == 0
     assert 0.0 <= summary.metrics["shapes/generation_overall"] <= 1.0
     assert 0.0 <= summary.metrics["shapes/understanding_acc"] <= 1.0
+
+
+# -- the engine route: upstream's patched vLLM behind a server -----------------------------------
+
+IMG, BOI, EOI, EOL, EOS, BOV = 151851, 151852, 151853, 151846, 151850, 151854  # upstream's fixed ids
+
+
+def test_engine_requests_carry_what_upstreams_vllm_route_gives_its_engine():
+    run = SimpleNamespace(classifier_free_guidance=5.0, target_height=4, target_width=4, sampling_params={
+        "max_new_tokens": 24, "top_k": 131072, "top_p": 1.0, "temperature": 1.0, "do_sample": True,
+        "text_top_k": 1024, "text_top_p": 0.9, "text_temperature": 1.0,
+        "image_top_k": 5120, "image_top_p": 1.0, "image_temperature": 1.0})
+    body = engine_request("BAAI/Emu3.5-Image", [1, 2, BOI], [1, BOI], run, seed=7, stop_token_ids=[EOI],
+                          image_area=4096)
+    assert (body["prompt"], body["uncond_prompt_token_ids"], body["stop_token_ids"]) == ([1, 2, BOI], [1, BOI], [EOI])
+    assert body["return_token_ids"] and body["max_tokens"] == 24 and body["seed"] == 7
+    assert body["vllm_xargs"] == {"guidance_scale": 5.0, "text_top_k": 1024, "text_top_p": 0.9, "text_temperature": 1.0,
+                                  "visual_top_k": 5120, "visual_top_p": 1.0, "visual_temperature": 1.0,
+                                  "width": 4, "height": 4, "area": 4096}
+    assert engine_tokens({"choices": [{"token_ids": [5, 6]}]}) == [5, 6]
+    with pytest.raises(RuntimeError, match=r"no choices\[0\]\.token_ids .*vLLM >= 0\.10\.2"):
+        engine_tokens({"choices": [{"text": "hi"}]})
+
+
+class _PatchedVllmStandIn(BaseHTTPRequestHandler):
+    """A local stand-in for upstream's patched vLLM server (which needs CUDA): it lists one model and
+    answers `/v1/completions` with fixed token ids — a 4×4 image when asked to stop at the image end,
+    "yes" otherwise — recording every request body."""
+
+    bodies: list = []
+
+    def _reply(self, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802
+        self._reply({"data": [{"id": "BAAI/Emu3.5-Image"}]})
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.bodies.append(body)
+        if body["stop_token_ids"] == [EOI]:
+            rows = [[BOV + 4 * row + column for column in range(4)] for row in range(4)]
+            tokens = [19, 9, 19, IMG] + [t for row in rows for t in [*row, EOL]][:-1] + [EOI]  # "4*4", the grid
+        else:
+            tokens = [ord("y") - 33, ord("e") - 33, ord("s") - 33, EOS]  # GPT-2 byte order: "!" is 0
+        self._reply({"choices": [{"text": "", "token_ids": tokens}]})
+
+    def log_message(self, *args):
+        pass
+
+
+ENGINE_CLIENT = textwrap.dedent("""
+    import json, sys
+    from PIL import Image
+    from model_flavors.emu3p5 import Emu3p5
+    from umm_harness.core.requests import InferenceRequest
+    emu = Emu3p5.load(sys.argv[1], checkpoint=sys.argv[2], repo_path=sys.argv[3])
+    image = emu.run([InferenceRequest(task="generation", prompt="a red circle", params={"seed": 7})])[0]
+    answer = emu.run([InferenceRequest(task="understanding", prompt="Is it red?", params={"temperature": 0},
+                                       images=[Image.new("RGB", (64, 64), "red")])])[0]
+    print(json.dumps({"size": image.images[0].size, "text": answer.text}))
+""")
+
+
+@pytest.mark.slow
+def test_a_running_engine_server_generates_and_answers(emu3p5, tmp_path):
+    _, python, tiny = emu3p5
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _PatchedVllmStandIn)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        done = subprocess.run([str(python), "-c", ENGINE_CLIENT, f"http://127.0.0.1:{server.server_port}", str(tiny),
+                               str(CHECKOUT)], env={**os.environ, "PYTHONPATH": str(emu3p5[0] / "code")},
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    finally:
+        server.shutdown()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"size": [64, 64], "text": "yes"}
+    generation, understanding = _PatchedVllmStandIn.bodies
+    assert generation["prompt"][-1] == BOI and generation["uncond_prompt_token_ids"][-1] == BOI
+    assert generation["vllm_xargs"]["guidance_scale"] == 5.0 and generation["max_tokens"] == 24  # "4*4", IMG, 4×5
+    assert generation["seed"] == 7 and generation["vllm_xargs"]["height"] == generation["vllm_xargs"]["width"] == 4
+    assert understanding["stop_token_ids"] == [EOS] and understanding["temperature"] == 0.0
+    assert IMG in understanding["prompt"] and "height" not in understanding["vllm_xargs"]
