@@ -74,6 +74,7 @@ VQ_HUB_ID = "BAAI/Emu3.5-VisionTokenizer"
 TOKENIZER_FILES = ("emu3.tiktoken", "emu3_vision_tokens.txt")
 _ALIAS = "_umm_emu3p5"
 TOKENS_PER_SIDE_PX = 16  # the IBQ tokenizer down-samples 16×
+TEXT_SPECIALS = 3 + 205  # Emu3Tokenizer's own specials: <|endoftext|>, <|im_start|>, <|im_end|>, <|extra_0..204|>
 # Role tokens, as upstream's build_emu3p5 and configs name them.
 ROLES = {"bos_token": "<|extra_203|>", "eos_token": "<|extra_204|>", "pad_token": "<|endoftext|>",
          "eol_token": "<|extra_200|>", "eof_token": "<|extra_201|>", "tms_token": "<|extra_202|>",
@@ -184,7 +185,8 @@ class Emu3p5(UpstreamBackbone):
         tokenizer_folder = path / "tokenizer"
         tokenizer_folder.mkdir(parents=True, exist_ok=True)
         write_tiktoken(tokenizer_folder / TOKENIZER_FILES[0], self.tokenizer.mergeable_ranks)
-        vision = [t for t, i in sorted(self.tokenizer.special_tokens.items(), key=lambda item: item[1])][3 + 205:]
+        by_id = sorted(self.tokenizer.special_tokens, key=self.tokenizer.special_tokens.get)
+        vision = by_id[TEXT_SPECIALS:]  # what emu3_vision_tokens.txt adds after the tokenizer's own
         (tokenizer_folder / TOKENIZER_FILES[1]).write_text("\n".join(vision) + "\n")
         save_state(self.vq, path / "vq" / "model.safetensors")
         (path / "vq" / "config.yaml").write_text(json.dumps(self.vq.umm_config, indent=2) + "\n")
@@ -227,6 +229,8 @@ class Emu3p5(UpstreamBackbone):
     def _image_answer(self, request: InferenceRequest, task: TaskKind) -> InferenceResult:
         p = request.params.merged_over(self.default_params(task))
         p = p.model_copy(update={"steps": None, "max_new_tokens": None, "image_guidance_scale": None})
+        if not p.temperature:
+            raise ValueError("emu3_5 samples image tokens: temperature must be > 0")
         if task == "generation":
             if p.image_size % TOKENS_PER_SIDE_PX:
                 raise ValueError(f"emu3_5 image sizes are multiples of {TOKENS_PER_SIDE_PX}px; got image_size={p.image_size}")

@@ -103,6 +103,8 @@ def test_served_from_its_own_environment_and_reloaded_in_a_fresh_process(emu3p5,
         assert alone["images"][0] == generated  # row i runs with seed + i
         refused = invoke(url, [{"task": "editing", "prompt": "make it blue", "images": [SCENE] * 4}])
         assert refused.status_code == 400 and "1 to 3 reference images; got 4" in refused.json()["message"]
+        greedy = invoke(url, ROWS[1:2], params={"temperature": 0.0})
+        assert greedy.status_code == 400 and "temperature must be > 0" in greedy.json()["message"]
     fresh = predict_in_fresh_process({"emu3_5": (model_dir, ROWS, PARAMS)}, tmp_path, python=str(python))["emu3_5"]
     assert fresh["module"].startswith(str(model_dir / "code"))
     assert_same_predictions(fresh["rows"], predictions)
