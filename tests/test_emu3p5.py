@@ -9,9 +9,7 @@ import json
 import os
 import subprocess
 import textwrap
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import mlflow
@@ -24,9 +22,9 @@ from model_flavors.emu3p5 import TEXT_VOCAB, UPSTREAM, Emu3p5, engine_request, e
 from tests.conftest import REPO
 from tests.reload import assert_same_predictions, environment_python, predict_in_fresh_process
 from tests.serving import invoke, served
+from tests.stand_ins import JsonStandIn, serving
 from umm_harness.config import EvalRecipe
 from umm_harness.core.errors import ConfigError
-from umm_harness.core.ports import free_port
 from umm_harness.core.requests import InferenceParams, decode_image, encode_png
 from umm_harness.evaluate import evaluate
 
@@ -148,36 +146,25 @@ def test_engine_requests_carry_what_upstreams_vllm_route_gives_its_engine():
         engine_tokens({"choices": [{"text": "hi"}]})
 
 
-class _PatchedVllmStandIn(BaseHTTPRequestHandler):
+class _PatchedVllmStandIn(JsonStandIn):
     """A local stand-in for upstream's patched vLLM server (which needs CUDA): it lists one model and
     answers `/v1/completions` with fixed token ids — a 4×4 image when asked to stop at the image end,
     "yes" otherwise — recording every request body."""
 
     bodies: list = []
 
-    def _reply(self, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def do_GET(self):  # noqa: N802
-        self._reply({"data": [{"id": "BAAI/Emu3.5-Image"}]})
+        self.reply({"data": [{"id": "BAAI/Emu3.5-Image"}]})
 
     def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.request_json()
         self.bodies.append(body)
         if body["stop_token_ids"] == [EOI]:
             rows = [[BOV + 4 * row + column for column in range(4)] for row in range(4)]
             tokens = [19, 9, 19, IMG] + [t for row in rows for t in [*row, EOL]][:-1] + [EOI]  # "4*4", the grid
         else:
             tokens = [ord("y") - 33, ord("e") - 33, ord("s") - 33, EOS]  # GPT-2 byte order: "!" is 0
-        self._reply({"choices": [{"text": "", "token_ids": tokens}]})
-
-    def log_message(self, *args):
-        pass
+        self.reply({"choices": [{"text": "", "token_ids": tokens}]})
 
 
 ENGINE_CLIENT = textwrap.dedent("""
@@ -196,14 +183,10 @@ ENGINE_CLIENT = textwrap.dedent("""
 @pytest.mark.slow
 def test_a_running_engine_server_generates_and_answers(emu3p5, tmp_path):
     _, python, tiny = emu3p5
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _PatchedVllmStandIn)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        done = subprocess.run([str(python), "-c", ENGINE_CLIENT, f"http://127.0.0.1:{server.server_port}", str(tiny),
-                               str(CHECKOUT)], env={**os.environ, "PYTHONPATH": str(emu3p5[0] / "code")},
-                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    finally:
-        server.shutdown()
+    with serving(_PatchedVllmStandIn) as url:
+        done = subprocess.run([str(python), "-c", ENGINE_CLIENT, url, str(tiny), str(CHECKOUT)],
+                              env={**os.environ, "PYTHONPATH": str(emu3p5[0] / "code")}, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"size": [64, 64], "text": "yes"}
     generation, understanding = _PatchedVllmStandIn.bodies

@@ -6,8 +6,6 @@ rows and a synthesized Uni-MMMU folder."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -40,6 +38,7 @@ from tasks.wise import WISETask, load_prompts
 from tests.conftest import SHARED_DATA
 from tests.fixtures_hub import IMAGE, _write
 from tests.fixtures_hub import image as image_cell
+from tests.stand_ins import JsonStandIn, serving
 from tests.test_generation_scoring import B_ANSWERS, C_ANSWERS, ROWS
 from tests.tiny_scorers import (
     ScriptedVisionJudge,
@@ -336,35 +335,22 @@ def test_judged_tasks_name_their_scorer_without_building_a_judge(tmp_path, monke
         UniMMMUTask(tmp_path).samples()
 
 
-class _ChatHandler(BaseHTTPRequestHandler):
+class _ChatHandler(JsonStandIn):
+    """A stand-in for an OpenAI-compatible vision judge server."""
+
     payloads: list[dict] = []
 
     def do_GET(self):  # /v1/models
-        self._reply({"data": [{"id": "tiny-vlm"}]})
+        self.reply({"data": [{"id": "tiny-vlm"}]})
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).payloads.append(body)
-        self._reply({"choices": [{"message": {"content": "Consistency: 2\nRealism: 1\nAesthetic Quality: 1"}}]})
-
-    def _reply(self, obj):
-        data = json.dumps(obj).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        type(self).payloads.append(self.request_json())
+        self.reply({"choices": [{"message": {"content": "Consistency: 2\nRealism: 1\nAesthetic Quality: 1"}}]})
 
 
 def test_openai_vision_judge_sends_system_text_then_images(tmp_path):
-    server = HTTPServer(("127.0.0.1", 0), _ChatHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        judge = as_vision_judge({"backend": "openai", "base_url": f"127.0.0.1:{server.server_port}"}, tmp_path)
+    with serving(_ChatHandler) as url:
+        judge = as_vision_judge({"backend": "openai", "base_url": url.removeprefix("http://")}, tmp_path)
         replies = judge.chat([VisionRequest("score this", (solid("red"),), "be strict")], max_tokens=50)
         assert replies == ["Consistency: 2\nRealism: 1\nAesthetic Quality: 1"]
         assert judge.id == "openai:tiny-vlm"
@@ -376,8 +362,6 @@ def test_openai_vision_judge_sends_system_text_then_images(tmp_path):
         assert body["max_tokens"] == 50 and body["temperature"] == 0.0
         judge.chat([VisionRequest("score this", (solid("red"),), "be strict")], max_tokens=50)
         assert len(_ChatHandler.payloads) == 1 and judge.hits == 1  # cached: same text, system and image bytes
-    finally:
-        server.shutdown()
     assert isinstance(judge.inner, OpenAIVisionJudge)
 
 
