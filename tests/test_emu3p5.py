@@ -20,7 +20,7 @@ from PIL import Image
 from model_flavors import environment, flavor
 from model_flavors.emu3p5 import TEXT_VOCAB, UPSTREAM, Emu3p5, engine_request, engine_tokens, tiny_ranks
 from tests.conftest import REPO
-from tests.reload import assert_same_predictions, environment_python, predict_in_fresh_process
+from tests.reload import assert_same_predictions, environment_python, predict_in_fresh_process, task_rows
 from tests.serving import invoke, served
 from tests.stand_ins import JsonStandIn, serving
 from umm_harness.config import EvalRecipe
@@ -31,11 +31,7 @@ from umm_harness.evaluate import evaluate
 CHECKOUT = REPO.parent / "shared" / "upstream" / "emu3.5"
 pytestmark = pytest.mark.skipif(not CHECKOUT.is_dir(), reason=f"no Emu3.5 checkout at {CHECKOUT}")
 SCENE = encode_png(Image.new("RGB", (64, 64), "red"))
-ROWS = [
-    {"task": "understanding", "prompt": "Is there a red circle?", "images": [SCENE]},
-    {"task": "generation", "prompt": "a photo of a red circle", "images": []},
-    {"task": "editing", "prompt": "make it blue", "images": [SCENE]},
-]
+ROWS = task_rows(SCENE)  # understanding, generation, editing
 PARAMS = {"seed": 5, "max_new_tokens": 8}
 
 
