@@ -13,8 +13,12 @@ of the sequence with its own attention rule (upstream `train/pretrain_unified_na
 Objectives and their plans:
 - `understanding`: ViT image, prompt text, answer text (CE on the answer and its `<eos>`);
 - `generation`: prompt text (dropped for classifier-free guidance), noised VAE image (MSE);
-- `reconstruction` (RecA): ViT view of the image, a fixed "describe" prompt, the same image as
-  the noised VAE target (MSE).
+- `reconstruction` (RecA): ViT view of the image, its "describe everything" instruction, the same
+  image as the noised VAE target (MSE);
+- `interleaved` (IRG, UniCoT): a conversation's own plan of parts (`Part`): texts (CE where they
+  are learnt), image conditions (ViT view and/or clean VAE latents, "full" attention) and image
+  targets (noised, MSE), as upstream's interleaved datasets plan them; the loss is CE + MSE
+  (upstream's `ce_weight` = `mse_weight` = 1), each a mean over its tokens in the batch.
 Losses are per-token means, as upstream (`ce` and `mse`, each weighted by the recipe).
 
 The VAE is always frozen: generation targets are its latents, computed once at encoding (like
@@ -32,16 +36,16 @@ import json
 import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from umm_harness.core.errors import ConfigError
-from umm_harness.core.training import IGNORE, Example, TokenSet, Trainable
+from umm_harness.core.training import IGNORE, EncodedPart, Example, PlanSet, TokenSet, Trainable
 
 DROPPED = -1  # input id of a prompt dropped for classifier-free guidance (`unconditional_ids`)
 
@@ -70,34 +74,26 @@ def _patchify(image: torch.Tensor, patch: int) -> torch.Tensor:
 # -- the packed sequence ------------------------------------------------------------------------
 
 
-@dataclass
 class _Packed:
-    """BAGEL's training `forward` inputs, filled split by split."""
+    """BAGEL's training `forward` inputs, filled split by split.
 
-    ids: dict[str, int]
-    length: int = 0
-    text_ids: list[int] = field(default_factory=list)
-    text_at: list[int] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    ce_at: list[int] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    vit_tokens: list[torch.Tensor] = field(default_factory=list)
-    vit_at: list[int] = field(default_factory=list)
-    vit_positions: list[torch.Tensor] = field(default_factory=list)
-    vit_lens: list[int] = field(default_factory=list)
-    latents: list[torch.Tensor] = field(default_factory=list)
-    latent_shapes: list[tuple[int, int]] = field(default_factory=list)
-    latent_positions: list[torch.Tensor] = field(default_factory=list)
-    vae_at: list[int] = field(default_factory=list)
-    timesteps: list[float] = field(default_factory=list)
-    mse_at: list[int] = field(default_factory=list)
-    sample_lens: list[int] = field(default_factory=list)
-    masks: list[torch.Tensor] = field(default_factory=list)
-    # the sample being packed
-    _splits: list[int] = field(default_factory=list)
-    _modes: list[str] = field(default_factory=list)
-    _start: int = 0
-    _rope: int = 0
+    Its lists (`_LISTS`) are, in sequence order: the text-side tokens (`text_ids`, at `text_at`; image
+    markers included), RoPE `positions` of every token, cross-entropy places `ce_at` and their
+    `labels`; ViT patches (`vit_tokens`, at `vit_at`, with `vit_positions`, `vit_lens` per image);
+    VAE latents (`latents`, `latent_shapes`, `latent_positions`, at `vae_at`, with `timesteps`,
+    flow-matching places `mse_at`); and per sample its length and attention mask.
+    """
+
+    _LISTS = ("text_ids", "text_at", "positions", "ce_at", "labels", "vit_tokens", "vit_at", "vit_positions",
+              "vit_lens", "latents", "latent_shapes", "latent_positions", "vae_at", "timesteps", "mse_at",
+              "sample_lens", "masks")
+
+    def __init__(self, ids: dict[str, int]):
+        self.ids = ids
+        self.length = 0
+        for name in self._LISTS:
+            setattr(self, name, [])
+        self.begin()
 
     def begin(self) -> None:
         self._splits, self._modes, self._start, self._rope = [], [], self.length, 0
@@ -136,20 +132,25 @@ class _Packed:
         self._rope += 1
         self._close(len(patches) + 2, "full")
 
-    def vae_target(self, latent: torch.Tensor, shape: tuple[int, int], latent_positions: torch.Tensor) -> None:
-        """A noised latent with the flow-matching loss (its timestep: one normal draw, as upstream)."""
+    def vae_image(self, latent: torch.Tensor, shape: tuple[int, int], latent_positions: torch.Tensor, *,
+                  target: bool) -> None:
+        """A latent image. A `target` is noised and learnt (flow-matching loss; its timestep one normal
+        draw, as upstream), seen by nothing after it, and does not move RoPE on; a condition is clean
+        (timestep -inf: sigmoid 0) and visible to what follows, like a ViT image."""
         count = shape[0] * shape[1]
         self._token(self.ids["start_of_image"])
         self.vae_at.extend(range(self.length, self.length + count))
-        self.mse_at.extend(range(self.length, self.length + count))
-        self.timesteps.extend([torch.randn(()).item()] * count)
+        if target:
+            self.mse_at.extend(range(self.length, self.length + count))
+        self.timesteps.extend([torch.randn(()).item() if target else float("-inf")] * count)
         self.length += count
         self.latents.append(latent)
         self.latent_shapes.append(shape)
         self.latent_positions.append(latent_positions)
         self._token(self.ids["end_of_image"])
-        self.positions.extend([self._rope] * (count + 2))  # a noised target does not move RoPE on
-        self._close(count + 2, "noise")
+        self.positions.extend([self._rope] * (count + 2))
+        self._rope += 0 if target else 1
+        self._close(count + 2, "noise" if target else "full")
 
     def _close(self, length: int, mode: str) -> None:
         self._splits.append(length)
@@ -257,7 +258,7 @@ def _branches(model: nn.Module, understanding: bool, generation: bool) -> Iterat
 class BagelTraining(Trainable):
     """The training contract for `model_flavors.bagel.Bagel` (route `upstream` only)."""
 
-    objectives: ClassVar[frozenset[str]] = frozenset({"understanding", "generation", "reconstruction"})
+    objectives: ClassVar[frozenset[str]] = frozenset({"understanding", "generation", "reconstruction", "interleaved"})
     frozen_groups: ClassVar[tuple[str, ...]] = ("vae",)  # generation targets are its latents
 
     def _inferencer(self) -> Any:
@@ -306,27 +307,28 @@ class BagelTraining(Trainable):
     def _text_ids(self, text: str) -> list[int]:
         return self._inferencer().tokenizer.encode(text)
 
-    def _vit_pixels(self, examples: list[Example]) -> torch.Tensor:
+    def _vit_pixels(self, images: list[Image.Image]) -> torch.Tensor:
         transform = self._inferencer().vit_transform
-        return torch.stack([transform(e.image) for e in examples])
+        return torch.stack([transform(image.convert("RGB")) for image in images])
 
     @torch.no_grad()
-    def _latents(self, examples: list[Example]) -> torch.Tensor:
+    def _latents(self, images: list[Image.Image]) -> torch.Tensor:
         """The frozen VAE's latents of the images at the generation size, [N, C, h, w]; the VAE
         samples its posterior, here from a fixed seed so that encoding is reproducible."""
         inferencer = self._inferencer()
         vae = inferencer.vae_model
         size = self.native_image_size
-        pixels = torch.stack([inferencer.vae_transform(e.image.convert("RGB").resize((size, size)))
-                              for e in examples])
+        pixels = torch.stack([inferencer.vae_transform(image.convert("RGB").resize((size, size)))
+                              for image in images])
         parameter = next(vae.parameters())
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return torch.cat([vae.encode(chunk.to(parameter.device, parameter.dtype)).float().cpu()
                               for chunk in pixels.split(16)])
 
-    def encode(self, examples: list[Example], objective: str, *, prompt: str = "") -> TokenSet:
+    def encode(self, examples: list[Example], objective: str) -> TokenSet | PlanSet:
         pad = self._inferencer().new_token_ids["eos_token_id"]
+        images = [e.image for e in examples]
         if objective == "understanding":
             ids, labels = [], []
             for e in examples:
@@ -334,15 +336,34 @@ class BagelTraining(Trainable):
                 answer = self._text_ids(e.answer.strip())
                 ids.append(torch.tensor(question + answer, dtype=torch.long))
                 labels.append(torch.tensor([IGNORE] * len(question) + answer, dtype=torch.long))
-            return TokenSet(objective, ids, labels, pixel_values=self._vit_pixels(examples), pad_id=pad)
+            return TokenSet(objective, ids, labels, pixel_values=self._vit_pixels(images), pad_id=pad)
         if objective == "generation":
             ids = [torch.tensor(self._text_ids(e.prompt), dtype=torch.long) for e in examples]
-            return TokenSet(objective, ids, latents=self._latents(examples), pad_id=pad)
+            return TokenSet(objective, ids, latents=self._latents(images), pad_id=pad)
         if objective == "reconstruction":
-            template = torch.tensor(self._text_ids(prompt), dtype=torch.long)
-            return TokenSet(objective, [template] * len(examples), pixel_values=self._vit_pixels(examples),
-                            latents=self._latents(examples), pad_id=pad)
+            ids = [torch.tensor(self._text_ids(e.prompt), dtype=torch.long) for e in examples]
+            return TokenSet(objective, ids, pixel_values=self._vit_pixels(images), latents=self._latents(images),
+                            pad_id=pad)
+        if objective == "interleaved":
+            return PlanSet(objective, [self._plan(e) for e in examples])
         raise ValueError(f"unknown objective '{objective}'")
+
+    def _plan(self, example: Example) -> list[EncodedPart]:
+        """A conversation's parts as tensors; an image that is both target and condition is the target,
+        then its clean latents, then its ViT view (upstream's order)."""
+        plan = []
+        for part in example.parts:
+            if part.type == "text":
+                plan.append(EncodedPart("text", torch.tensor(self._text_ids(part.text), dtype=torch.long), part.loss))
+                continue
+            latent = self._latents([part.image])[0] if part.loss or part.vae else None
+            if part.loss:
+                plan.append(EncodedPart("target", latent))
+            if part.vae:
+                plan.append(EncodedPart("vae", latent))
+            if part.vit:
+                plan.append(EncodedPart("vit", self._vit_pixels([part.image])[0]))
+        return plan
 
     def unconditional_ids(self, input_ids: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         """Dropped prompts are marked `DROPPED`: `loss` leaves their text split out, as upstream's
@@ -353,8 +374,27 @@ class BagelTraining(Trainable):
 
     # -- the loss ---------------------------------------------------------------------------
 
-    def loss(self, model: nn.Module, objective: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(self, model: nn.Module, objective: str, batch: dict[str, Any]) -> torch.Tensor:
         bagel = bagel_model(model)
+        if objective == "interleaved":
+            packed = self._pack_plans(bagel, batch["plans"])
+            device = next(bagel.parameters()).device
+        else:
+            packed = self._pack_rows(bagel, objective, batch)
+            device = batch["input_ids"].device
+        inputs = packed.forward_inputs(device)
+        dtype = bagel.language_model.lm_head.weight.dtype
+        with _branches(bagel, bool(packed.vit_tokens), bool(packed.latents)), _matching_attention(bagel, dtype):
+            out = model(**inputs)
+        terms = []
+        if packed.ce_at:
+            terms.append(out["ce"].float().mean())
+        if packed.mse_at:
+            terms.append(out["mse"].float().mean(dim=-1).mean())
+        return sum(terms[1:], terms[0])
+
+    def _pack_rows(self, bagel: nn.Module, objective: str, batch: dict[str, torch.Tensor]) -> _Packed:
+        """A batch of one objective's padded rows as one packed sequence, a sample per row."""
         packed = _Packed(self._inferencer().new_token_ids)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         for row in range(ids.shape[0]):
@@ -371,16 +411,26 @@ class BagelTraining(Trainable):
             elif tokens and tokens[0] != DROPPED:
                 packed.text(tokens)
             if "latents" in batch:
-                self._add_latent(packed, bagel, batch["latents"][row])
+                self._add_latent(packed, bagel, batch["latents"][row], target=True)
             packed.end()
-        device = ids.device
-        inputs = packed.forward_inputs(device)
-        dtype = bagel.language_model.lm_head.weight.dtype
-        with _branches(bagel, bool(packed.vit_tokens), bool(packed.latents)), _matching_attention(bagel, dtype):
-            out = model(**inputs)
-        if objective == "understanding":
-            return out["ce"].float().mean()
-        return out["mse"].float().mean(dim=-1).mean()
+        return packed
+
+    def _pack_plans(self, bagel: nn.Module, plans: list[list[EncodedPart]]) -> _Packed:
+        """Interleaved conversations as one packed sequence, a sample per conversation."""
+        packed = _Packed(self._inferencer().new_token_ids)
+        device = next(bagel.parameters()).device
+        for plan in plans:
+            packed.begin()
+            for part in plan:
+                if part.kind == "text":
+                    tokens = part.tensor.tolist()
+                    packed.text(tokens, tokens if part.loss else None)
+                elif part.kind == "vit":
+                    self._add_vit(packed, bagel, part.tensor.to(device))
+                else:
+                    self._add_latent(packed, bagel, part.tensor.to(device), target=part.kind == "target")
+            packed.end()
+        return packed
 
     @staticmethod
     def _add_vit(packed: _Packed, bagel: nn.Module, pixels: torch.Tensor) -> None:
@@ -390,14 +440,14 @@ class BagelTraining(Trainable):
         packed.vit_image(_patchify(pixels, patch), positions)
 
     @staticmethod
-    def _add_latent(packed: _Packed, bagel: nn.Module, latent: torch.Tensor) -> None:
+    def _add_latent(packed: _Packed, bagel: nn.Module, latent: torch.Tensor, *, target: bool) -> None:
         p = bagel.latent_patch_size
         shape = (latent.shape[1] // p, latent.shape[2] // p)
         positions = bagel.get_flattened_position_ids(latent.shape[1] * bagel.latent_downsample // p,
                                                      latent.shape[2] * bagel.latent_downsample // p,
                                                      bagel.latent_downsample,
                                                      max_num_patches_per_side=bagel.max_latent_size)
-        packed.vae_target(latent, shape, positions)
+        packed.vae_image(latent, shape, positions, target=target)
 
     def with_model(self, model: nn.Module) -> BagelTraining:
         """This backbone running `model`; it saves as a checkpoint of its own (BAGEL's layout, the

@@ -181,13 +181,13 @@ class JanusPro(Backbone, Trainable):
         inner = self.model.model
         return {"image_tokenizer": [inner.vqmodel], "vision_encoder": [inner.vision_model, inner.aligner]}
 
-    def encode(self, examples: list[Example], objective: str, *, prompt: str = "") -> TokenSet:
+    def encode(self, examples: list[Example], objective: str) -> TokenSet:
         if objective == "understanding":
             return janus_training.encode_understanding(self, examples)
         if objective == "generation":
             return janus_training.encode_generation(self, examples)
         if objective == "reconstruction":
-            return janus_training.encode_reconstruction(self, examples, prompt)
+            return janus_training.encode_reconstruction(self, examples)
         raise ValueError(f"unknown objective '{objective}'")
 
     def loss(self, model: nn.Module, objective: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -133,12 +133,15 @@ def encode_generation(backbone: JanusPro, examples: list[Example]) -> TokenSet:
     return TokenSet("generation", ids, codes=codes, pad_id=tokenizer.pad_token_id)
 
 
-def encode_reconstruction(backbone: JanusPro, examples: list[Example], prompt: str) -> TokenSet:
-    """Images → (prompt with the image's understanding tokens, the image's VQ codes)."""
+def encode_reconstruction(backbone: JanusPro, examples: list[Example]) -> TokenSet:
+    """Images → (prompt: the image's understanding tokens + the example's instruction, the image's VQ codes)."""
     tokenizer = backbone.processor.tokenizer
     images = [e.image for e in examples]
-    template = backbone.processor(text=[backbone._chat_prompt(prompt, 1)], images=images[:1],
-                                  generation_mode="image", return_tensors="pt")["input_ids"][0]
+    templates: dict[str, torch.Tensor] = {}  # every image takes as many tokens: one template per instruction
+    for e in examples:
+        if e.prompt not in templates:
+            templates[e.prompt] = backbone.processor(text=[backbone._chat_prompt(e.prompt, 1)], images=[e.image],
+                                                     generation_mode="image", return_tensors="pt")["input_ids"][0]
     codes = vq_codes(backbone.model, images, backbone.native_image_size)
-    return TokenSet("reconstruction", [template] * len(images), pixel_values=_pixel_values(backbone, images),
-                    codes=codes, pad_id=tokenizer.pad_token_id)
+    return TokenSet("reconstruction", [templates[e.prompt] for e in examples],
+                    pixel_values=_pixel_values(backbone, images), codes=codes, pad_id=tokenizer.pad_token_id)

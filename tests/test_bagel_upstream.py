@@ -20,19 +20,13 @@ from model_flavors.bagel_tiny import build_tiny
 from tests.conftest import REPO, umm
 from tests.reload import assert_reloads_the_same, task_rows
 from tests.serving import invoke, served
+from tests.training_fixtures import forget_upstream_modules as _forget_upstream_modules
 from umm_harness.config import EvalRecipe
 from umm_harness.core.requests import InferenceParams, InferenceRequest, decode_image, encode_png
 from umm_harness.evaluate import evaluate
 
 CHECKOUT = REPO.parent / "shared" / "upstream" / "bagel"
 FEW_STEPS = {"steps": 4}
-
-
-def _forget_upstream_modules() -> None:
-    for name in [n for n in sys.modules if n.split(".")[0] in ("inferencer", "data", "modeling")]:
-        del sys.modules[name]
-    if str(CHECKOUT.resolve()) in sys.path:
-        sys.path.remove(str(CHECKOUT.resolve()))
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from model_flavors import flavor
+from tests.training_fixtures import register_base
 from umm_harness.core.errors import ConfigError
 
 NAME = "janus-pro-tiny"
@@ -32,9 +33,7 @@ def recipe(**values):
 @pytest.fixture
 def base(workspace, tiny_janus):
     """The tiny Janus-Pro registered as version 1 of `janus-pro-tiny`."""
-    mlflow.set_experiment("base")
-    with mlflow.start_run():
-        flavor.log_model(tiny_janus, registered_model_name=NAME)
+    register_base(tiny_janus, NAME)
     return workspace
 
 

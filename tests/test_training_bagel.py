@@ -1,11 +1,9 @@
 """Post-training BAGEL (tiny random weights, its real upstream code from ../shared/upstream/bagel):
 the same methods as Janus through the training contract, BAGEL's own objective (text CE +
-flow-matching MSE on VAE latents) over packed sequence plans."""
+flow-matching MSE on VAE latents) over packed sequence plans, and the interleaved methods (IRG in
+two stages, UniCoT with LoRA) on tiny conversation data sets (`tests.training_fixtures`)."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -13,10 +11,19 @@ import torch
 from mlflow import MlflowClient
 
 from model_flavors import flavor
+from tests.training_fixtures import BAGEL_CHECKOUT as CHECKOUT
+from tests.training_fixtures import (
+    conversations_parquet,
+    forget_upstream_modules,
+    image_parquet,
+    irg_dataset,
+    register_base,
+    unicot_dataset,
+)
+from tests.training_fixtures import square as _square
+from umm_harness.core.errors import ConfigError
 from umm_harness.core.training import Example
 
-REPO = Path(__file__).resolve().parents[1]
-CHECKOUT = REPO.parent / "shared" / "upstream" / "bagel"
 NAME = "bagel-tiny"
 
 pytestmark = pytest.mark.skipif(not (CHECKOUT / "inferencer.py").is_file(),
@@ -33,13 +40,6 @@ def recipe(**values):
     return train_recipe(**{**FIXED, **values})
 
 
-def _forget_upstream_modules() -> None:
-    for name in [n for n in sys.modules if n.split(".")[0] in ("inferencer", "data", "modeling")]:
-        del sys.modules[name]
-    if str(CHECKOUT.resolve()) in sys.path:
-        sys.path.remove(str(CHECKOUT.resolve()))
-
-
 @pytest.fixture(scope="module")
 def tiny_bagel_dir(tmp_path_factory):
     from model_flavors.bagel_tiny import build_tiny
@@ -49,7 +49,7 @@ def tiny_bagel_dir(tmp_path_factory):
     folder = build_tiny(tmp_path_factory.mktemp("bagel") / "tiny-bagel", seed=0, repo_path=CHECKOUT)
     yield folder
     torch.set_num_threads(before)
-    _forget_upstream_modules()  # the stand-in checkouts of test_bagel.py use the same top-level names
+    forget_upstream_modules()  # the stand-in checkouts of test_bagel.py use the same top-level names
 
 
 @pytest.fixture
@@ -62,22 +62,12 @@ def tiny_bagel(tiny_bagel_dir):
 @pytest.fixture
 def base(workspace, tiny_bagel):
     """The tiny BAGEL (fp32, CPU) registered as version 1 of `bagel-tiny`."""
-    mlflow.set_experiment("base")
-    with mlflow.start_run():
-        flavor.log_model(tiny_bagel, registered_model_name=NAME)
+    register_base(tiny_bagel, NAME)
     return workspace
 
 
 def _weights(backbone) -> dict[str, torch.Tensor]:
     return {key: value.detach().clone() for key, value in backbone.model.state_dict().items()}
-
-
-def _square(color: str):
-    from PIL import Image
-
-    image = Image.new("RGB", (64, 64), (255, 255, 255))
-    image.paste(color, (16, 16, 48, 48))
-    return image
 
 
 # -- the contract ------------------------------------------------------------------------------
@@ -109,7 +99,7 @@ def test_each_objective_reaches_only_its_branches(tiny_bagel):
     for objective, examples in [("understanding", understanding), ("generation", generation),
                                 ("reconstruction", understanding)]:
         model.zero_grad(set_to_none=True)
-        batch = tiny_bagel.encode(examples, objective, prompt="Describe the image.").collate([0, 1])
+        batch = tiny_bagel.encode(examples, objective).collate([0, 1])
         loss = tiny_bagel.loss(model, objective, batch)
         assert torch.isfinite(loss) and loss > 0
         loss.backward()
@@ -159,7 +149,7 @@ def test_sft_lowers_bagels_loss_and_registers_a_version_that_reloads_identically
 def test_reca_trains_only_the_generation_expert(base):
     from training.run import train
 
-    result = train(recipe(method="reca", reca={"prompt": "Describe every visual element of the image."}))
+    result = train(recipe(method="reca"))
     assert result.losses[-1] < result.losses[0], result.losses
     before, after = flavor.load_model(f"models:/{NAME}/1"), flavor.load_model(f"models:/{NAME}/2")
     groups = after.parameter_groups()
@@ -224,7 +214,6 @@ def test_lora_on_both_experts_merges_into_a_version_that_reloads(base):
 
 def test_a_lora_rank_above_a_layers_size_is_refused_before_any_step(base):
     from training.run import train
-    from umm_harness.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"lora.rank 256 is larger than layer '.*language_model.*'.* at most"):
         train(recipe(method="lora", lora={"rank": 256, "alpha": 512}))
@@ -245,39 +234,173 @@ def test_bagel_behind_a_server_cannot_be_trained():
         served.encode([Example("g0", "generation", "a red square", _square("red"))], "generation")
 
 
-def _image_parquet(path: Path, images: list) -> Path:
-    import base64
-    import io
-
-    import pandas as pd
-
-    def b64(image) -> str:
-        if isinstance(image, str):
-            return image
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return base64.b64encode(buffer.getvalue()).decode()
-
-    pd.DataFrame({"id": [f"img{i}" for i in range(len(images))], "image": [b64(x) for x in images]}).to_parquet(path)
-    return path
-
-
 @pytest.mark.slow
 def test_reca_trains_on_a_parquet_of_images(base, tmp_path):
     from training.run import train
 
-    data = _image_parquet(tmp_path / "images.parquet", [_square(c) for c in ("red", "blue", "green", "yellow")])
+    data = image_parquet(tmp_path / "images.parquet", [_square(c) for c in ("red", "blue", "green", "yellow")])
     result = train(recipe(method="reca", data={"benchmark": "images", "path": str(data)}))
     assert result.version == "2" and result.dataset_size == 4 and result.losses[-1] < result.losses[0]
 
 
 def test_a_bad_image_row_is_named_before_any_step(base, tmp_path):
     from training.run import train
-    from umm_harness.core.errors import ConfigError
 
-    data = _image_parquet(tmp_path / "images.parquet", [_square("red"), _square("blue"), "bm90IGFuIGltYWdl"])
+    data = image_parquet(tmp_path / "images.parquet", [_square("red"), _square("blue"), "bm90IGFuIGltYWdl"])
     with pytest.raises(ConfigError, match=r"images.parquet': row 2: field 'image': not an image"):
         train(recipe(method="reca", data={"benchmark": "images", "path": str(data)}))
     assert [str(mv.version) for mv in MlflowClient().search_model_versions(f"name = '{NAME}'")] == ["1"]
     with pytest.raises(ConfigError, match="trains only the 'reconstruction' objective"):
         recipe(method="sft", data={"benchmark": "images", "path": str(data)})
+
+
+# -- recA's instructions ------------------------------------------------------------------------------
+
+
+def test_reca_draws_a_describe_everything_instruction_per_image():
+    from training.reca import DESCRIBE_PROMPTS, describe_prompt
+
+    drawn = [describe_prompt(0, f"img{i}") for i in range(40)]
+    assert set(drawn) <= set(DESCRIBE_PROMPTS) and len(set(drawn)) > 10  # many templates, not one
+    assert drawn == [describe_prompt(0, f"img{i}") for i in range(40)]  # a function of (seed, image id)
+    assert drawn != [describe_prompt(1, f"img{i}") for i in range(40)]
+
+
+# -- IRG: interleaved conversations, two stages --------------------------------------------------------
+
+
+def test_a_conversation_becomes_a_plan_whose_loss_reaches_text_and_image(tiny_bagel, tmp_path):
+    """A full-learning conversation: its learnt texts train the LM head, its target images the
+    generation expert, its image conditions (ViT view, clean latents) the vision branch."""
+    from training.interleaved import load_subsets
+
+    root = irg_dataset(tmp_path / "irg", modes=["improving_full_learning"], rows=1)
+    [example] = load_subsets(root, ["improving_full_learning"])
+    assert [(p.type, p.loss, p.vae, p.vit) for p in example.parts] == [
+        ("text", False, False, False), ("text", True, False, False), ("image", False, True, True),
+        ("text", True, False, False), ("image", True, False, False)]
+    plans = tiny_bagel.encode([example], "interleaved")
+    assert [part.kind for part in plans.plans[0]] == ["text", "text", "vae", "vit", "text", "target"]
+    model = tiny_bagel.model.train()
+    tiny_bagel.freeze("vae")
+    loss = tiny_bagel.loss(model, "interleaved", plans.collate([0]))
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert {"language_model.lm_head.weight", "llm2vae.weight"} <= grads
+    assert any(n.startswith("vit_model") for n in grads)
+
+
+def _bad_rows():
+    good = {"role": "assistant", "content": [{"type": "text", "content": "ok"}]}
+    return [
+        ("not json", r"row 1: field 'conversation': not JSON"),
+        ([{"role": "system", "content": "x"}, good], r"row 1: turn 0: field 'role'"),
+        ([{"role": "assistant", "content": [{"type": "image", "content": "bm90IGFuIGltYWdl", "need_loss": True}]}],
+         r"row 1: turn 0: part 0: field 'content': not a base64 image"),
+        ([{"role": "assistant", "content": [{"type": "text", "content": "x", "need_loss": "yes"}]}],
+         r"row 1: turn 0: part 0: field 'need_loss': expected true or false"),
+        ([{"role": "user", "content": "only a question"}], r"row 1: nothing to learn"),
+    ]
+
+
+@pytest.mark.parametrize("row, message", _bad_rows())
+def test_a_bad_conversation_row_is_named(tmp_path, row, message):
+    from training.interleaved import load_subsets
+
+    good = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [{"type": "text", "content": "ok"}]}]
+    conversations_parquet(tmp_path / "irg" / "initial_full_learning" / "part-0.parquet", [good, row])
+    with pytest.raises(ConfigError, match=message):
+        load_subsets(tmp_path / "irg", ["initial_full_learning"])
+
+
+def test_bad_interleaved_input_is_refused_before_any_step(base, tmp_path):
+    from training.run import train
+
+    data = irg_dataset(tmp_path / "irg", modes=["initial_full_learning"], rows=1)
+    with pytest.raises(ConfigError, match="no parquet files for subset 'improving_full_learning'"):
+        train(recipe(method="irg", data={"benchmark": "interleaved", "path": str(data)}))
+    with pytest.raises(ConfigError, match="irg stage 2 continues from an IRG stage-1 version.*version 1 "
+                                          r"\(method none, stage none\)"):
+        train(recipe(method="irg", irg={"stage": 2}, data={"benchmark": "interleaved", "path": str(data)}))
+    with pytest.raises(ConfigError, match="irg stage 2 keeps only the full-learning modes; remove "
+                                          "initial_thinking_generation_learning"):
+        recipe(method="irg", irg={"stage": 2, "modes": {"initial_full_learning": 1.0,
+                                                        "initial_thinking_generation_learning": 0.5}},
+               data={"benchmark": "interleaved", "path": str(data)})
+    # UniCoT's rank 256 does not fit the tiny model's layers
+    with pytest.raises(ConfigError, match=r"lora.rank 256 is larger than layer"):
+        train(recipe(method="unicot", data={"benchmark": "interleaved", "path": str(unicot_dataset(tmp_path / "u"))}))
+    assert [str(mv.version) for mv in MlflowClient().search_model_versions(f"name = '{NAME}'")] == ["1"]
+    assert not mlflow.search_runs(search_all_experiments=True, filter_string="tags.`umm.stage` = 'train'").shape[0]
+
+
+def test_interleaved_methods_are_refused_on_a_backbone_without_the_loss(workspace, tiny_janus, tmp_path):
+    from training.run import train
+
+    register_base(tiny_janus, "janus-pro-tiny")
+    data = irg_dataset(tmp_path / "irg", rows=1)
+    with pytest.raises(ConfigError, match="method 'irg': backbone 'janus-pro' has no 'interleaved' loss"):
+        train(recipe(model="models:/janus-pro-tiny/1", method="irg", data={"benchmark": "interleaved",
+                                                                          "path": str(data)}))
+
+
+IRG = {"steps": 4, "batch_size": 2, "lr": 2e-3, "checkpoint_every": 2}
+
+
+@pytest.mark.slow
+def test_irg_stage_1_then_stage_2_lower_the_loss_register_lineage_and_resume_exactly(base, tmp_path):
+    from training.run import train
+    from umm_harness.compare import CompareRecipe, compare
+
+    data = {"benchmark": "interleaved", "path": str(irg_dataset(tmp_path / "irg", rows=2))}
+    stage1 = train(recipe(method="irg", data=data, **IRG))
+    assert stage1.losses[-1] < stage1.losses[0], stage1.losses
+    run = MlflowClient().get_run(stage1.run_id)
+    assert {"train/loss_initial_full_learning", "train/loss_improving_thinking_understanding_learning"} <= set(
+        run.data.metrics)
+
+    # killed after step 2 and run again: the same curve and the same weights
+    killed = train(recipe(method="irg", data=data, **IRG, output_dir=str(tmp_path / "killed"), alias=None),
+                   stop_after_step=2)
+    assert killed.version is None and killed.steps == 2
+    resumed = train(recipe(method="irg", data=data, **IRG, output_dir=str(tmp_path / "killed"), alias=None))
+    assert resumed.resumed_from_step == 2 and resumed.losses == pytest.approx(stage1.losses, rel=1e-5)
+    assert resumed.version == stage1.version  # the same weights are one version
+
+    stage2 = train(recipe(model=f"models:/{NAME}/{stage1.version}", method="irg", irg={"stage": 2}, data=data,
+                          **IRG))
+    assert stage2.losses[-1] < stage2.losses[0], stage2.losses
+    for result, stage, parent in [(stage1, "1", "1"), (stage2, "2", stage1.version)]:
+        mv = MlflowClient().get_model_version(NAME, result.version)
+        assert mv.tags["umm.method"] == "irg" and mv.tags["umm.irg_stage"] == stage
+        assert mv.tags["umm.parent_version"] == parent and mv.tags["umm.train_run_id"] == result.run_id
+        assert mv.tags["umm.dataset_digest"] == result.dataset_digest
+    assert set(MlflowClient().get_run(stage2.run_id).data.metrics) >= {"train/loss_improving_full_learning"}
+    assert not any("thinking" in key for key in MlflowClient().get_run(stage2.run_id).data.metrics)
+    assert str(MlflowClient().get_model_version_by_alias(NAME, "challenger").version) == stage2.version
+
+    reloaded = flavor.load_model(stage2.model_uri)  # through the flavor, as any registered BAGEL
+    trained, again = _weights(stage2.backbone), _weights(reloaded)
+    assert all(torch.equal(trained[k], again[k]) for k in trained)
+    comparison = compare(CompareRecipe(model_name=NAME, versions=[stage1.version, stage2.version], limit=2,
+                                       batch_size=2, bootstrap=100))
+    assert comparison.baseline == stage1.version and {d.version for d in comparison.deltas} == {stage2.version}
+
+
+@pytest.mark.slow
+def test_unicot_trains_lora_adapters_on_conversations_and_merges_them(base, tmp_path):
+    from training.run import train
+
+    data = {"benchmark": "interleaved", "path": str(unicot_dataset(tmp_path / "unicot"))}
+    result = train(recipe(method="unicot", data=data, lora={"rank": 8, "alpha": 16}, lr=1e-2, steps=4,
+                          batch_size=2))
+    assert result.losses[-1] < result.losses[0], result.losses
+    assert set(MlflowClient().get_run(result.run_id).data.metrics) >= {"train/loss_self_reflection",
+                                                                       "train/loss_breakdown"}
+    mv = MlflowClient().get_model_version(NAME, result.version)
+    assert mv.tags["umm.method"] == "unicot" and mv.tags["umm.parent_version"] == "1"
+    old, new = _weights(flavor.load_model(f"models:/{NAME}/1")), _weights(flavor.load_model(result.model_uri))
+    assert old.keys() == new.keys()  # merged into a plain BAGEL checkpoint
+    moved = {k for k in old if not torch.equal(old[k], new[k])}
+    assert moved and all(k.startswith("language_model.model.layers.") for k in moved)

@@ -5,7 +5,10 @@
 - generation samples (prompt → a correctly drawn reference image) become the reference image's
   image-token targets (for Janus: its VQ codes);
 - reconstruction examples (method `reca`) are the understanding images alone: no captions; or
-  the rows of a parquet file of images (`data.benchmark: images`, checked row by row).
+  the rows of a parquet file of images (`data.benchmark: images`, checked row by row), each with a
+  "describe everything" instruction (`training.reca.describe_prompt`);
+- interleaved examples (methods `irg`, `unicot`) are conversations read by `training.interleaved`,
+  one `TokenSet`-like `PlanSet` per data subset (IRG learning mode, UniCoT task).
 
 How an example becomes tensors is the backbone's (`Trainable.encode`, `umm_harness.core.training`).
 
@@ -19,28 +22,34 @@ import base64
 import hashlib
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 from PIL import Image
 
-from training.recipe import DataSettings
+from training import interleaved
+from training.reca import describe_prompt
+from training.recipe import IRG_OPTIONAL_MODES, TrainRecipe
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.seeding import sample_seed
-from umm_harness.core.training import Example, TokenSet, Trainable
+from umm_harness.core.training import Encoded, Example, Trainable
 
 
-def load_examples(data: DataSettings, image_size: int, objectives: list[str] | None = None) -> list[Example]:
-    """The benchmark split as training examples (generation targets drawn at `image_size` px).
-
-    With `objectives`, only the kinds of samples they use are built (images cost time).
-    """
+def load_examples(recipe: TrainRecipe, image_size: int) -> list[Example]:
+    """The recipe's training data as examples (generation targets drawn at `image_size` px); only the
+    kinds of samples its objectives use are built (images cost time)."""
     from tasks import shapes  # the built-in synthetic benchmark
 
+    data = recipe.data
     if data.benchmark == "images":
         return load_images(data.path)
-    wanted = set(objectives or ["understanding", "generation"])
+    if data.benchmark == "interleaved":
+        weights = recipe.subset_weights()
+        optional = IRG_OPTIONAL_MODES if recipe.method == "irg" else frozenset(weights)
+        return interleaved.load_subsets(data.path, [name for name, w in weights.items() if w > 0], optional)
+    wanted = set(recipe.active_objectives())
     task = shapes.ShapesTask(
         split=data.split, seed=data.seed,
         num_understanding=data.num_understanding if wanted & {"understanding", "reconstruction"} else 0,
@@ -107,12 +116,16 @@ def _image_sha(image: Image.Image | None) -> str:
 
 
 def dataset_frame(examples: list[Example]) -> pd.DataFrame:
-    """One row per example, images by content hash: what MLflow records as the dataset input."""
-    return pd.DataFrame([
-        {"id": e.id, "kind": e.kind, "prompt": e.prompt, "answer": e.answer or "",
-         "image_sha256": _image_sha(e.image), "metadata": json.dumps(e.metadata, sort_keys=True, default=str)}
-        for e in examples
-    ])
+    """One row per example, images by content hash: what MLflow records as the dataset input
+    (interleaved examples add their plans, `parts`)."""
+    rows = []
+    for e in examples:
+        row = {"id": e.id, "kind": e.kind, "prompt": e.prompt, "answer": e.answer or "",
+               "image_sha256": _image_sha(e.image), "metadata": json.dumps(e.metadata, sort_keys=True, default=str)}
+        if e.kind == "interleaved":
+            row["parts"] = interleaved.describe_parts(e.parts, _image_sha)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def dataset_digest(frame: pd.DataFrame) -> str:
@@ -127,18 +140,25 @@ def dataset_digest(frame: pd.DataFrame) -> str:
 # -- tensors -------------------------------------------------------------------------------
 
 
-def encode(backbone: Trainable, examples: list[Example], objectives: list[str],
-           reca_prompt: str) -> dict[str, TokenSet]:
-    """One `TokenSet` per active objective (reconstruction reads the understanding images)."""
-    understanding = [e for e in examples if e.kind == "understanding"]
-    generation = [e for e in examples if e.kind == "generation"]
-    sets: dict[str, TokenSet] = {}
-    for objective in objectives:
-        source = generation if objective == "generation" else understanding
-        prompt = reca_prompt if objective == "reconstruction" else ""
-        sets[objective] = backbone.encode(source, objective, prompt=prompt)
-        if len(sets[objective]) == 0:
+def encode(backbone: Trainable, examples: list[Example], recipe: TrainRecipe) -> dict[str, Encoded]:
+    """One encoded set per loss term (`TrainRecipe.loss_terms`): an objective's examples, or an
+    interleaved data subset's. Reconstruction reads the understanding images, each with its
+    instruction (`reca.prompt`, or a "describe everything" template)."""
+    sets: dict[str, Encoded] = {}
+    for name, (objective, _) in recipe.loss_terms().items():
+        if objective == "interleaved":
+            source = [e for e in examples if e.metadata.get("subset") == name]
+        elif objective == "generation":
+            source = [e for e in examples if e.kind == "generation"]
+        else:
+            source = [e for e in examples if e.kind == "understanding"]
+        if objective == "reconstruction":
+            source = [replace(e, prompt=recipe.reca.prompt or describe_prompt(recipe.seed, e.id)) for e in source]
+        if not source:
+            if objective == "interleaved":  # an optional subset the data do not have
+                continue
             raise ValueError(f"objective '{objective}' has no examples in the training data")
+        sets[name] = backbone.encode(source, objective)
     return sets
 
 

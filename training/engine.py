@@ -30,7 +30,8 @@ import psutil
 import torch
 
 from umm_harness.core.ports import free_port
-from training.data import StepOrder, TokenSet
+from umm_harness.core.training import Encoded
+from training.data import StepOrder
 from training.recipe import TrainRecipe
 
 _TAG_PREFIX = "step"
@@ -178,7 +179,7 @@ def _mean_over_ranks(values: list[float], world_size: int) -> list[float]:
     return (tensor / world_size).tolist()
 
 
-def steps(engine, sets: dict[str, TokenSet], recipe: TrainRecipe, dist_info: DistInfo,
+def steps(engine, sets: dict[str, Encoded], recipe: TrainRecipe, dist_info: DistInfo,
           start_step: int) -> Iterator[StepRecord]:
     """Run optimizer steps `start_step` … `recipe.steps - 1`, yielding one record after each."""
     orders = {name: StepOrder(len(s), recipe.batch_size, recipe.micro_batch_size, dist_info.world_size,
@@ -196,7 +197,9 @@ def steps(engine, sets: dict[str, TokenSet], recipe: TrainRecipe, dist_info: Dis
             batches = {}
             for name in names:
                 batch = sets[name].collate(orders[name].indices(step, micro, dist_info.rank))
-                batches[name] = {key: value.to(device) for key, value in batch.items()}
+                # tensors move here; interleaved plans are moved part by part by the backbone's loss
+                batches[name] = {key: value.to(device) if isinstance(value, torch.Tensor) else value
+                                 for key, value in batch.items()}
             loss, parts = engine(batches)
             engine.backward(loss)
             engine.step()

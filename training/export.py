@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from torch import nn
 
 from model_flavors import flavor
+from training.irg import STAGE_TAG
 from training.recipe import TrainRecipe
 from umm_harness.core.training import Trainable
 from umm_harness.model_registry import DIGEST_TAG, describe_version, find_version
@@ -66,6 +67,11 @@ def rebuild(method: ModuleType, state: dict[str, torch.Tensor], base_dir: Path, 
     return exported
 
 
+def method_tags(recipe: TrainRecipe) -> dict[str, str]:
+    """Tags a method adds to its run and its versions: IRG's stage (what a stage-2 recipe checks)."""
+    return {STAGE_TAG: str(recipe.irg.stage)} if recipe.method == "irg" else {}
+
+
 def register(backbone: Trainable, *, base: BaseVersion, recipe: TrainRecipe, run_id: str, dataset_digest: str,
              step: int, final: bool) -> tuple[str, str]:
     """Log `backbone` in the active run and register it as a new version; returns (version, weights digest).
@@ -85,6 +91,7 @@ def register(backbone: Trainable, *, base: BaseVersion, recipe: TrainRecipe, run
         "umm.base_model": base.uri,
         "umm.train_step": str(step),
         "umm.train_final": str(final).lower(),
+        **method_tags(recipe),
     }
     client = MlflowClient()
     version = str(mlflow.register_model(info.model_uri, base.name, tags=tags).version)

@@ -17,8 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from umm_harness.config import build_recipe, load_recipe
 
-Method = Literal["sft", "lora", "reca"]
+Method = Literal["sft", "lora", "reca", "irg", "unicot"]
 Objective = Literal["understanding", "generation", "reconstruction"]
+IrgMode = Literal["initial_thinking_understanding_learning", "initial_thinking_generation_learning",
+                  "initial_full_learning", "improving_thinking_understanding_learning",
+                  "improving_thinking_generation_learning", "improving_full_learning"]
+UnicotTask = Literal["self_reflection", "breakdown"]
 
 DEFAULT_BASE = "models:/janus-pro-tiny/1"
 
@@ -28,6 +32,21 @@ DEFAULT_OBJECTIVES: dict[str, dict[str, float]] = {
     "lora": {"understanding": 1.0},
     "reca": {"reconstruction": 1.0},
 }
+INTERLEAVED_METHODS = ("irg", "unicot")  # methods whose data are interleaved conversations (one loss: `interleaved`)
+
+# IRG's learning modes and their weights (IRG's `train_toy_dataset_stage1.yaml`): full learning 1.0, the
+# thinking-only modes 0.5; the thinking-understanding modes may be absent from the data (not mandatory).
+# Stage 2 keeps only the full-learning modes.
+IRG_MODES: dict[int, dict[str, float]] = {
+    1: {"initial_full_learning": 1.0, "improving_full_learning": 1.0,
+        "initial_thinking_generation_learning": 0.5, "improving_thinking_generation_learning": 0.5,
+        "initial_thinking_understanding_learning": 0.5, "improving_thinking_understanding_learning": 0.5},
+    2: {"initial_full_learning": 1.0, "improving_full_learning": 1.0},
+}
+IRG_OPTIONAL_MODES = frozenset({"initial_thinking_understanding_learning", "improving_thinking_understanding_learning"})
+# UniCoT trains on its self-reflection (micro) and breakdown (macro) interleaved data, with LoRA of this size.
+UNICOT_TASKS: dict[str, float] = {"self_reflection": 1.0, "breakdown": 1.0}
+UNICOT_LORA = {"rank": 256, "alpha": 512.0}
 
 # The language model's attention and MLP projections (peft takes a regex as a full match): Janus'
 # `language_model.layers.N`, BAGEL's `language_model.model.layers.N` with both experts' (`*_moe_gen`).
@@ -38,12 +57,12 @@ _REGISTERED = re.compile(r"models:/([^/@]+)(?:/(\d+)|@([\w-]+))")
 
 
 class LoraSettings(BaseModel):
-    """peft LoRA adapters (method `lora` only)."""
+    """peft LoRA adapters (methods `lora` and `unicot`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    rank: int = Field(default=16, ge=1)  # the reference's UniCot setting is 256 (for 1B-7B models)
-    alpha: float = Field(default=32.0, gt=0)
+    rank: int = Field(default=16, ge=1)  # unicot, unless set: UniCoT's 256
+    alpha: float = Field(default=32.0, gt=0)  # unicot, unless set: UniCoT's 512
     dropout: float = Field(default=0.0, ge=0, lt=1)
     target_modules: str | list[str] = DEFAULT_LORA_TARGETS  # a regex (full match) or module-name suffixes
     merge: bool = True  # export merged weights; False keeps the adapter files beside the base weights
@@ -54,18 +73,42 @@ class RecaSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = "Reconstruct the image."  # the text that follows the image in the user turn
+    # the text that follows the image; None: one of the "describe everything" templates per image
+    # (`training.reca.DESCRIBE_PROMPTS`, drawn from the run seed and the image id), as RecA does
+    prompt: str | None = None
     train_understanding_encoder: bool = False  # RecA keeps the semantic encoder fixed
 
 
-class DataSettings(BaseModel):
-    """The training data: a split of a built-in benchmark, or (`images`, RecA only) the images of a
-    parquet file (`path`; column `image`: base64 or bytes, optional `id`)."""
+class IrgSettings(BaseModel):
+    """Interleaving reasoning generation (method `irg`): which stage, and the learning modes' weights."""
 
     model_config = ConfigDict(extra="forbid")
 
-    benchmark: Literal["shapes", "images"] = "shapes"
-    path: Path | None = None  # benchmark `images` only
+    stage: Literal[1, 2] = 1  # stage 2 continues from a stage-1 version (`model`) on full learning only
+    modes: dict[IrgMode, float] | None = None  # None: the stage's reference modes and weights (IRG_MODES)
+
+    def weights(self) -> dict[str, float]:
+        return dict(self.modes if self.modes is not None else IRG_MODES[self.stage])
+
+
+class UnicotSettings(BaseModel):
+    """Uni-CoT (method `unicot`): LoRA (`lora`) on self-reflection and breakdown conversations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: dict[UnicotTask, float] = Field(default_factory=lambda: dict(UNICOT_TASKS))
+
+
+class DataSettings(BaseModel):
+    """The training data: a split of a built-in benchmark; or (`images`, RecA only) the images of a
+    parquet file (`path`; column `image`: base64 or bytes, optional `id`); or (`interleaved`, IRG and
+    UniCoT) a folder of conversations, one subfolder per learning mode / task holding parquet files
+    with a `conversation` column (see `training.interleaved`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    benchmark: Literal["shapes", "images", "interleaved"] = "shapes"
+    path: Path | None = None  # benchmarks `images` and `interleaved` only
     split: Literal["train", "test"] = "train"
     seed: int = 0  # the split's generator seed
     num_understanding: int = Field(default=4096, ge=0)
@@ -81,6 +124,8 @@ class TrainRecipe(BaseModel):
     data: DataSettings = Field(default_factory=DataSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     reca: RecaSettings = Field(default_factory=RecaSettings)
+    irg: IrgSettings = Field(default_factory=IrgSettings)
+    unicot: UnicotSettings = Field(default_factory=UnicotSettings)
 
     # optimisation
     steps: int = Field(default=600, ge=1)  # optimizer steps
@@ -146,6 +191,10 @@ class TrainRecipe(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainRecipe:
+        if self.method in INTERLEAVED_METHODS:
+            return self._consistent_interleaved()
+        if self.data.benchmark == "interleaved":
+            raise ValueError(f"data.benchmark 'interleaved' is the data of methods irg and unicot, not '{self.method}'")
         active = self.active_objectives()
         if self.method == "reca" and "reconstruction" not in active:
             raise ValueError("method 'reca' trains the 'reconstruction' objective; add it to objectives")
@@ -161,8 +210,35 @@ class TrainRecipe(BaseModel):
             if set(active) != {"reconstruction"}:
                 raise ValueError("data.benchmark 'images' has no captions or answers: it trains only the "
                                  "'reconstruction' objective (method 'reca')")
+        return self._consistent_steps()
+
+    def _consistent_interleaved(self) -> TrainRecipe:
+        if self.objectives is not None:
+            raise ValueError(f"method '{self.method}' weighs its data subsets, not objectives: set "
+                             f"{'irg.modes' if self.method == 'irg' else 'unicot.tasks'} instead of objectives")
+        if self.data.benchmark != "interleaved" or self.data.path is None:
+            raise ValueError(f"method '{self.method}' trains on interleaved conversations: set "
+                             "data: {benchmark: interleaved, path: <folder with one subfolder per subset>}")
+        weights = self.subset_weights()
+        if not any(weight > 0 for weight in weights.values()) or any(weight < 0 for weight in weights.values()):
+            raise ValueError(f"{'irg.modes' if self.method == 'irg' else 'unicot.tasks'}: weights must be >= 0, "
+                             "at least one > 0")
+        if self.method == "irg" and self.irg.stage == 2:
+            thinking = sorted(mode for mode, weight in weights.items() if weight > 0 and "full_learning" not in mode)
+            if thinking:
+                raise ValueError(f"irg stage 2 keeps only the full-learning modes; remove {', '.join(thinking)}")
+        if self.method == "unicot":
+            for key, value in UNICOT_LORA.items():  # UniCoT's adapter size unless the recipe sets one
+                if key not in self.lora.model_fields_set:
+                    setattr(self.lora, key, type(getattr(self.lora, key))(value))
+        return self._consistent_steps()
+
+    def _consistent_steps(self) -> TrainRecipe:
         if self.ema and self.zero_stage == 3:
-            raise ValueError("ema needs whole parameters on each rank: use zero_stage 0-2 with ema")
+            raise ValueError("ema with zero_stage 3: ZeRO-3 keeps a shard of each parameter per rank and the EMA "
+                             "averages whole ones (gathering every parameter at every step would undo ZeRO-3's "
+                             "saving); use zero_stage 2 with ema (it shards gradients and optimizer state, most "
+                             "of the memory), or ema: 0")
         per_step = self.grad_accum * self.nproc
         if self.batch_size % per_step:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum × nproc = {per_step}")
@@ -171,8 +247,22 @@ class TrainRecipe(BaseModel):
     # -- derived values ------------------------------------------------------------------
 
     def active_objectives(self) -> dict[str, float]:
+        """The losses the backbone computes, by objective (interleaved methods: the one `interleaved`)."""
+        if self.method in INTERLEAVED_METHODS:
+            return {"interleaved": 1.0}
         weights = self.objectives if self.objectives is not None else DEFAULT_OBJECTIVES[self.method]
         return {name: weight for name, weight in weights.items() if weight > 0}
+
+    def subset_weights(self) -> dict[str, float]:
+        """Interleaved methods: the weight of each data subset (IRG learning mode, UniCoT task)."""
+        return self.irg.weights() if self.method == "irg" else dict(self.unicot.tasks)
+
+    def loss_terms(self) -> dict[str, tuple[str, float]]:
+        """What the summed loss adds up: term name → (objective, weight). A term is an objective, or
+        for interleaved methods a data subset with the `interleaved` loss."""
+        if self.method in INTERLEAVED_METHODS:
+            return {name: ("interleaved", weight) for name, weight in self.subset_weights().items() if weight > 0}
+        return {name: (name, weight) for name, weight in self.active_objectives().items()}
 
     @property
     def micro_batch_size(self) -> int:

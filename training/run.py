@@ -1,10 +1,11 @@
 """`train(recipe)`: post-train a registered model and register the result as its next version.
 
 The steps, in order:
-1. check the recipe's base model is registered (else `ConfigError`, before any run starts);
+1. check the recipe's base model is registered, and for IRG stage 2 that it is a stage-1 version
+   (else `ConfigError`, before any run starts);
 2. with `nproc > 1`, relaunch as N ranks (`training.launch`) and return rank 0's result;
 3. load the base version, turn the benchmark's train split into tensors (`training.data`);
-4. wrap the model for the method (`sft` / `lora` / `reca`) and its objectives, start DeepSpeed,
+4. wrap the model for the method (`sft` / `lora` / `reca` / `irg` / `unicot`) and its loss terms, start DeepSpeed,
    resume from the last checkpoint of this recipe if there is one;
 5. step, logging per-step metrics in batches (rank 0), checkpointing every `checkpoint_every`;
 6. export the weights into the flavor and register a new version (`training.export`).
@@ -43,7 +44,7 @@ import umm_harness
 from model_flavors import flavor
 from training import data as train_data
 from training import engine as train_engine
-from training import export, lora, reca, sft
+from training import export, irg, lora, reca, sft, unicot
 from training.ema import Ema
 from training.objectives import TrainingModule
 from training.recipe import TrainRecipe
@@ -58,7 +59,7 @@ from umm_harness.tracking import git_commit, log_batch
 
 log = logging.getLogger(__name__)
 
-METHODS = {"sft": sft, "lora": lora, "reca": reca}
+METHODS = {"sft": sft, "lora": lora, "reca": reca, "irg": irg, "unicot": unicot}
 WORKER_ENV = "UMM_TRAIN_WORKER"  # set by `training.launch` in the processes it starts
 _DONE_FILE = "export.json"
 _RECIPE_FILE = "recipe.json"
@@ -109,6 +110,8 @@ def check_base(recipe: TrainRecipe) -> export.BaseVersion:
         reason = exc.message.splitlines()[0] if exc.message else type(exc).__name__
         raise ConfigError(f"base model '{recipe.model}' is not registered ({reason}); "
                           "register it first, e.g. with `umm eval`") from None
+    if recipe.method == "irg":
+        irg.check_parent(recipe, mv)
     return export.BaseVersion(name, str(mv.version), mv.tags.get(DIGEST_TAG) or str(mv.source))
 
 
@@ -214,16 +217,17 @@ def _train_session(recipe: TrainRecipe, base: export.BaseVersion, stop_after_ste
         base_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=base.uri, dst_path=workdir))
         backbone = flavor.load_local(base_dir)
         objectives = recipe.active_objectives()
-        _check_trainable(backbone, objectives)
-        examples = train_data.load_examples(recipe.data, backbone.native_image_size, list(objectives))
+        _check_trainable(backbone, objectives, recipe.method)
+        examples = train_data.load_examples(recipe, backbone.native_image_size)
         frame = train_data.dataset_frame(examples)
         dataset_digest = train_data.dataset_digest(frame)
-        sets = train_data.encode(backbone, examples, list(objectives), recipe.reca.prompt)
+        sets = train_data.encode(backbone, examples, recipe)
+        terms = {name: term for name, term in recipe.loss_terms().items() if name in sets}
 
         method = METHODS[recipe.method]
         torch.manual_seed(recipe.seed)  # adapter initialisation (LoRA) is random
         model = method.prepare(backbone, recipe)
-        module = TrainingModule(model, backbone, objectives, cfg_dropout=recipe.cfg_dropout)
+        module = TrainingModule(model, backbone, terms, cfg_dropout=recipe.cfg_dropout)
         engine = train_engine.initialize(module, recipe, device)
         client_state = train_engine.load_latest(engine, output_dir) if recipe.resume else None
         start_step = int(client_state["step"]) if client_state else 0
@@ -285,14 +289,14 @@ def _train_session(recipe: TrainRecipe, base: export.BaseVersion, stop_after_ste
         return result
 
 
-def _check_trainable(backbone, objectives: dict[str, float]) -> None:
+def _check_trainable(backbone, objectives: dict[str, float], method: str) -> None:
     """Methods reach a model only through the training contract: refuse one that does not speak it."""
     if not isinstance(backbone, Trainable):
         raise ConfigError(f"backbone '{backbone.key}' cannot be post-trained here: it does not implement the "
                           "training contract (umm_harness.core.training.Trainable)")
     missing = sorted(set(objectives) - backbone.objectives)
     if missing:
-        raise ConfigError(f"objectives: backbone '{backbone.key}' has no '{missing[0]}' loss "
+        raise ConfigError(f"method '{method}': backbone '{backbone.key}' has no '{missing[0]}' loss "
                           f"(it has: {', '.join(sorted(backbone.objectives))})")
 
 
@@ -356,6 +360,7 @@ class _Tracker:
             "umm.dataset_digest": dataset_digest, "umm.seed": str(recipe.seed),
             "umm.git_commit": git_commit(), "umm.harness_version": umm_harness.__version__,
             "umm.checkpoint_dir": str(output_dir), "umm.resumed_from_step": str(start_step),
+            **export.method_tags(recipe),
         })
         if not existing:
             mlflow.log_dict(recipe.model_dump(mode="json"), "recipe.yaml")

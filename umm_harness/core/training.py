@@ -3,7 +3,8 @@
 Methods (`training/sft.py`, `lora.py`, `reca.py`, ...) are written once against `Trainable`; a
 backbone family implements it in its adapter. A method needs to:
 - find the trained module and freeze named groups of it (`freeze`, over `parameter_groups`);
-- turn training examples into tensors (`encode`: one `TokenSet` per objective);
+- turn training examples into tensors (`encode`: one `TokenSet` per objective; interleaved
+  examples, sequence plans of text / condition-image / target-image `Part`s, into a `PlanSet`);
 - compute the losses the model exposes (`loss`, one objective on one batch);
 - blank prompts for classifier-free-guidance dropout (`unconditional_ids`);
 - put trained weights back into a loadable backbone (`with_model`).
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Union
 
 import torch
 from PIL import Image
@@ -23,15 +24,29 @@ IGNORE = -100  # label of tokens that carry no loss
 
 
 @dataclass(frozen=True)
+class Part:
+    """One part of an interleaved sequence plan (a conversation of IRG or UniCoT): a text, or an
+    image with what the model does with it."""
+
+    type: Literal["text", "image"]
+    text: str = ""
+    image: Image.Image | None = None
+    loss: bool = False  # text: next-token loss on it; image: a generation target (the image loss)
+    vae: bool = False  # image condition: its generation-side encoding (clean VAE latents) in the sequence
+    vit: bool = False  # image condition: its understanding-encoder view in the sequence
+
+
+@dataclass(frozen=True)
 class Example:
     """One training example before encoding."""
 
     id: str
-    kind: Literal["understanding", "generation"]
-    prompt: str
+    kind: Literal["understanding", "generation", "interleaved"]
+    prompt: str  # reconstruction: the instruction that follows the image
     image: Image.Image | None = None  # the input image (understanding) or the target (generation)
     answer: str | None = None  # understanding only
     metadata: dict[str, Any] = field(default_factory=dict)
+    parts: tuple[Part, ...] = ()  # interleaved only: the sequence plan, in order
 
 
 @dataclass
@@ -75,6 +90,34 @@ class TokenSet:
         return batch
 
 
+@dataclass(frozen=True)
+class EncodedPart:
+    """A `Part` as tensors: `text` token ids (with `loss`: learnt), `vit` pixels of an image
+    condition, `vae` clean latents of an image condition, `target` latents of a generation target."""
+
+    kind: Literal["text", "vit", "vae", "target"]
+    tensor: torch.Tensor
+    loss: bool = False
+
+
+@dataclass
+class PlanSet:
+    """Encoded interleaved examples of one objective: one plan per example, each its own length and
+    number of images, so a batch is the list of its plans (the backbone packs them)."""
+
+    objective: str
+    plans: list[list[EncodedPart]]
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def collate(self, indices: list[int]) -> dict[str, Any]:
+        return {"plans": [self.plans[i] for i in indices]}
+
+
+Encoded = Union[TokenSet, PlanSet]
+
+
 class Trainable(ABC):
     """A backbone that post-training methods can train (a mixin beside `Backbone`)."""
 
@@ -97,11 +140,11 @@ class Trainable(ABC):
         """Named groups of submodules a method may freeze (e.g. vision_encoder, image_tokenizer)."""
 
     @abstractmethod
-    def encode(self, examples: list[Example], objective: str, *, prompt: str = "") -> TokenSet:
-        """`examples` as tensors for `objective`; `prompt` is the fixed instruction of objectives that take one."""
+    def encode(self, examples: list[Example], objective: str) -> Encoded:
+        """`examples` as tensors for `objective` (a `PlanSet` for `interleaved`)."""
 
     @abstractmethod
-    def loss(self, model: nn.Module, objective: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(self, model: nn.Module, objective: str, batch: dict[str, Any]) -> torch.Tensor:
         """The scalar loss of `objective` on `batch`, computed with `model` (this backbone's model, or
         a wrapper of it such as a peft model)."""
 
