@@ -277,7 +277,7 @@ def test_a_conversation_becomes_a_plan_whose_loss_reaches_text_and_image(tiny_ba
     root = irg_dataset(tmp_path / "irg", modes=["improving_full_learning"], rows=1)
     [example] = load_subsets(root, ["improving_full_learning"])
     assert [(p.type, p.loss, p.vae, p.vit) for p in example.parts] == [
-        ("text", False, False, False), ("text", True, False, False), ("image", False, True, True),
+        ("text", False, False, False), ("text", False, False, False), ("image", False, True, True),
         ("text", True, False, False), ("image", True, False, False)]
     plans = tiny_bagel.encode([example], "interleaved")
     assert [part.kind for part in plans.plans[0]] == ["text", "text", "vae", "vit", "text", "target"]
@@ -340,7 +340,7 @@ def test_interleaved_methods_are_refused_on_a_backbone_without_the_loss(workspac
 
     register_base(tiny_janus, "janus-pro-tiny")
     data = irg_dataset(tmp_path / "irg", rows=1)
-    with pytest.raises(ConfigError, match="method 'irg': backbone 'janus-pro' has no 'interleaved' loss"):
+    with pytest.raises(ConfigError, match="method 'irg': backbone 'janus_pro' has no 'interleaved' loss"):
         train(recipe(model="models:/janus-pro-tiny/1", method="irg", data={"benchmark": "interleaved",
                                                                           "path": str(data)}))
 

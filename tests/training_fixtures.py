@@ -61,20 +61,22 @@ def image_parquet(path: Path, images: list) -> Path:
 _COLORS = ("red", "blue", "green", "yellow")
 
 
-def _draw_and_refine(color: str, *, think: bool, draw: bool, refine: bool) -> list[dict]:
-    """One conversation: the user asks for a square; the assistant thinks (text), draws a first
-    square (kept as a condition), reflects and draws the final one. The flags say what is learnt."""
+def _conversation(color: str, *, think: bool, draw: bool, refine: bool) -> list[dict]:
+    """One IRG conversation: the user asks for a square; the assistant thinks (text) and draws it.
+    Improving (`refine`): the first drawing is a condition, the assistant reflects (text) and draws
+    the final one. `think` / `draw` say whether the step's text / image is learnt."""
     first, final = square(color, 48), square(color)
-    return [
-        {"role": "user", "content": f"Draw a {color} square in the middle."},
-        {"role": "assistant", "content": [
-            {"type": "text", "content": f"A {color} square, centred, on white.", "need_loss": think},
-            {"type": "image", "content": b64(first), "need_loss": draw and not refine, "need_vae": True,
-             "need_vit": True},
-            {"type": "text", "content": "It is too small; make it larger.", "need_loss": think and refine},
-            {"type": "image", "content": b64(final), "need_loss": draw and refine},
-        ]},
-    ]
+    plan = "A square, centred, on white."
+    if not refine:
+        parts = [{"type": "text", "content": plan, "need_loss": think}]
+        parts += [{"type": "image", "content": b64(first), "need_loss": True}] if draw else []
+    else:
+        parts = [{"type": "text", "content": plan, "need_loss": False},
+                 {"type": "image", "content": b64(first), "need_vae": True, "need_vit": True},
+                 {"type": "text", "content": "It is too small; make it larger.", "need_loss": think}]
+        parts += [{"type": "image", "content": b64(final), "need_loss": True}] if draw else []
+    return [{"role": "user", "content": f"Draw a {color} square in the middle."},
+            {"role": "assistant", "content": parts}]
 
 
 # What each learning mode learns: the first or the improving step, its text, its image or both.
@@ -99,7 +101,7 @@ def conversations_parquet(path: Path, conversations: list) -> Path:
 def irg_dataset(root: Path, modes=tuple(IRG_MODE_FLAGS), rows: int = 2) -> Path:
     """A tiny IRG data set: one subfolder per learning mode, `rows` conversations each."""
     for mode in modes:
-        conversations = [_draw_and_refine(_COLORS[i % len(_COLORS)], **IRG_MODE_FLAGS[mode]) for i in range(rows)]
+        conversations = [_conversation(_COLORS[i % len(_COLORS)], **IRG_MODE_FLAGS[mode]) for i in range(rows)]
         conversations_parquet(root / mode / "part-0.parquet", conversations)
     return root
 
@@ -107,7 +109,7 @@ def irg_dataset(root: Path, modes=tuple(IRG_MODE_FLAGS), rows: int = 2) -> Path:
 def unicot_dataset(root: Path, rows: int = 2) -> Path:
     """A tiny UniCoT data set: self-reflection (draw, critique, redraw) and breakdown (one step per
     sub-task, each with its image) conversations."""
-    reflection = [_draw_and_refine(_COLORS[i % len(_COLORS)], think=True, draw=True, refine=True)
+    reflection = [_conversation(_COLORS[i % len(_COLORS)], think=True, draw=True, refine=True)
                   for i in range(rows)]
     breakdown = []
     for i in range(rows):
