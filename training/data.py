@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from training import interleaved
+from training.parquet import read_rows
 from training.reca import describe_prompt
 from training.recipe import IRG_OPTIONAL_MODES, TrainRecipe
 from umm_harness.core.errors import ConfigError
@@ -86,14 +87,8 @@ def load_images(path: Path) -> list[Example]:
     naming the row and the field, before anything trains."""
     if not path.is_file():
         raise ConfigError(f"data.path '{path}' does not exist (a parquet file with an 'image' column)")
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several kinds
-        raise ConfigError(f"data.path '{path}': not a readable parquet file ({exc})") from None
-    if "image" not in frame.columns:
-        raise ConfigError(f"data.path '{path}': no 'image' column (it has: {', '.join(map(str, frame.columns))})")
     examples = []
-    for index, row in enumerate(frame.to_dict("records")):
+    for index, row in enumerate(read_rows(path, "image")):
         try:
             image = Image.open(io.BytesIO(_image_bytes(row["image"])))
             image.load()

@@ -30,9 +30,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from PIL import Image
 
+from training.parquet import read_rows
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.training import Example, Part
 
@@ -68,14 +68,8 @@ def load_subsets(root: Path, subsets: list[str], optional: frozenset[str] = froz
 
 
 def _read_file(path: Path, subset: str) -> list[Example]:
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several kinds
-        raise ConfigError(f"data.path '{path}': not a readable parquet file ({exc})") from None
-    if "conversation" not in frame.columns:
-        raise ConfigError(f"data.path '{path}': no 'conversation' column (it has: {', '.join(map(str, frame.columns))})")
     examples = []
-    for index, row in enumerate(frame.to_dict("records")):
+    for index, row in enumerate(read_rows(path, "conversation")):
         where = f"data.path '{path}': row {index}"
         parts = parse_conversation(row["conversation"], where)
         row_id = row.get("id")
@@ -99,9 +93,7 @@ def parse_conversation(value: Any, where: str) -> tuple[Part, ...]:
             raise ConfigError(f"{at}: expected an object with 'role' and 'content'")
         role, content = turn.get("role"), turn.get("content")
         if role == "user":
-            if not isinstance(content, str) or not content:
-                raise ConfigError(f"{at}: field 'content': a user turn is non-empty text")
-            parts.append(Part("text", text=content, loss=_flag(turn, "need_loss", False, at)))
+            parts.append(_text(turn, False, at))
         elif role == "assistant":
             if not isinstance(content, list) or not content:
                 raise ConfigError(f"{at}: field 'content': an assistant turn is a non-empty list of parts")
@@ -118,15 +110,21 @@ def _part(part: Any, at: str) -> Part:
         raise ConfigError(f"{at}: expected an object with 'type' and 'content'")
     kind, content = part.get("type"), part.get("content")
     if kind == "text":
-        if not isinstance(content, str) or not content:
-            raise ConfigError(f"{at}: field 'content': a text part is non-empty text")
-        return Part("text", text=content, loss=_flag(part, "need_loss", True, at))
+        return _text(part, True, at)
     if kind == "image":
         flags = {name: _flag(part, f"need_{name}", False, at) for name in ("loss", "vae", "vit")}
         if not any(flags.values()):
             raise ConfigError(f"{at}: an image part needs need_loss, need_vae or need_vit to be true")
         return Part("image", image=_image(content, at), **flags)
     raise ConfigError(f"{at}: field 'type': expected 'text' or 'image', got {kind!r}")
+
+
+def _text(mapping: dict, learnt: bool, at: str) -> Part:
+    """A user turn or a text part; `learnt`: whether it is learnt when `need_loss` is not given."""
+    content = mapping.get("content")
+    if not isinstance(content, str) or not content:
+        raise ConfigError(f"{at}: field 'content': expected non-empty text")
+    return Part("text", text=content, loss=_flag(mapping, "need_loss", learnt, at))
 
 
 def _flag(mapping: dict, name: str, default: bool, at: str) -> bool:
