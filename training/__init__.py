@@ -1,8 +1,9 @@
 """Post-training on DeepSpeed → registered model versions (see DESIGN.md and issue 4).
 
-One module per method (`sft`, `lora`, `reca`) over one shared layer: `recipe` (what to train),
-`data` (benchmark split → tensors), `objectives` (the losses), `engine` (DeepSpeed, the step
-loop, checkpoints), `launch` (N ranks), `export` (flavor + registry) and `run.train`, the entry.
+One module per method (`sft`, `lora`, `reca`, `irg`, `unicot`) over one shared layer: `recipe`
+(what to train), `data` (a benchmark split, an image file or conversations (`interleaved`) →
+tensors), `objectives` (the losses), `engine` (DeepSpeed, the step loop, checkpoints), `launch`
+(N ranks), `export` (flavor + registry) and `run.train`, the entry.
 """
 
 from training.recipe import TrainRecipe, load_train_recipe
