@@ -149,7 +149,8 @@ class _Packed:
         self.latent_positions.append(latent_positions)
         self._token(self.ids["end_of_image"])
         self.positions.extend([self._rope] * (count + 2))
-        self._rope += 0 if target else 1
+        if not target:
+            self._rope += 1
         self._close(count + 2, "noise" if target else "full")
 
     def _close(self, length: int, mode: str) -> None:
