@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 import torch
 from PIL import Image
@@ -115,7 +115,7 @@ class PlanSet:
         return {"plans": [self.plans[i] for i in indices]}
 
 
-Encoded = Union[TokenSet, PlanSet]
+Encoded = TokenSet | PlanSet  # what `Trainable.encode` returns
 
 
 class Trainable(ABC):
