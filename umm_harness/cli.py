@@ -207,7 +207,7 @@ def infer_command(model: str, backbone: str | None, task_kind: str, prompt: str 
 @cli.command("train")
 @click.option("--recipe", help="YAML recipe (projects/train_*.yaml); flags override it.")
 @click.option("--model", help="Registered base: models:/name/version or models:/name@alias.")
-@click.option("--method", help="sft | lora | reca")
+@click.option("--method", help="sft | lora | reca | irg | unicot")
 @click.option("--steps", type=int)
 @click.option("--lr", type=float)
 @click.option("--zero-stage", type=int)
