@@ -18,7 +18,7 @@ BACKBONES: dict[str, str] = {
     "mmada": "model_flavors.mmada:Mmada",
     "show_o": "model_flavors.show_o:ShowO",
     "show_o2": "model_flavors.upstream_only:ShowO2",
-    "janus_flow": "model_flavors.upstream_only:JanusFlow",
+    "janus_flow": "model_flavors.janus_flow:JanusFlow",
     "tokenflow": "model_flavors.upstream_only:TokenFlow",
     "deepgen": "model_flavors.upstream_only:DeepGen",
     "emu3_5": "model_flavors.emu3p5:Emu3p5",

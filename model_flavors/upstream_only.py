@@ -1,5 +1,5 @@
 """Backbones that run only on their authors' code, where that code does not run on this kind of
-machine yet: Show-o2, JanusFlow, TokenFlow, DeepGen and Ovis-U1.
+machine yet: Show-o2, TokenFlow, DeepGen and Ovis-U1.
 
 Each adapter is the part of a backbone that does not depend on running the model: capabilities,
 hub ids, the model card's / repository's inference defaults, the translation of a request into
@@ -126,6 +126,5 @@ def _adapter(name: str, entry: dict[str, Any]) -> type[UpstreamOnly]:
 
 
 _ADAPTERS = {name: _adapter(name, entry) for name, entry in yaml.safe_load(TABLE.read_text()).items()}
-ShowO2, JanusFlow, TokenFlow, DeepGen, OvisU1 = (_ADAPTERS[name] for name in
-                                                 ("ShowO2", "JanusFlow", "TokenFlow", "DeepGen", "OvisU1"))
+ShowO2, TokenFlow, DeepGen, OvisU1 = (_ADAPTERS[name] for name in ("ShowO2", "TokenFlow", "DeepGen", "OvisU1"))
 BLOCKED: tuple[type[UpstreamOnly], ...] = tuple(_ADAPTERS.values())

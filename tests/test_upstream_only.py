@@ -1,4 +1,4 @@
-"""Backbones whose authors' code does not run here (Show-o2, JanusFlow, TokenFlow, DeepGen,
+"""Backbones whose authors' code does not run here (Show-o2, TokenFlow, DeepGen,
 Ovis-U1): their defaults and request translation, their refusals (which say what blocks
 them and what a GPU user runs), the trust_remote_code opt-in, and `umm models list` naming every
 backbone of the reference system."""
@@ -9,21 +9,18 @@ from click.testing import CliRunner
 from PIL import Image
 
 from model_flavors import registry
-from model_flavors.upstream_only import BLOCKED, DeepGen, JanusFlow, OvisU1, ShowO2, TokenFlow
+from model_flavors.upstream_only import BLOCKED, DeepGen, OvisU1, ShowO2, TokenFlow
 from tests.conftest import REPO
 from umm_harness.cli import cli
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceRequest
 
 UPSTREAM = REPO.parent / "shared" / "upstream"
-CHECKOUTS = {ShowO2: "show-o", JanusFlow: "janus", TokenFlow: "tokenflow", DeepGen: "deepgen"}
+CHECKOUTS = {ShowO2: "show-o", TokenFlow: "tokenflow", DeepGen: "deepgen"}
 RED = Image.new("RGB", (32, 32), "red")
 
 
 def test_generation_requests_become_the_repositories_arguments():
-    assert JanusFlow.translate(InferenceRequest(task="generation", prompt="a cat")) == {
-        "prompt": "a cat", "num_images": 0, "sampler": "rectified-flow Euler", "latent": [4, 48, 48],
-        "vae": "stabilityai/sdxl-vae", "cfg_weight": 2.0, "num_inference_steps": 30, "seed": 0}
     tokenflow = TokenFlow.translate(InferenceRequest(task="generation", prompt="a cat", params={"guidance_scale": 3}))
     assert tokenflow["cfg"] == 3 and tokenflow["topk_list"] == [600] and tokenflow["topp_list"] == [0.6]
     assert tokenflow["negative_prompt"].startswith("lowres, bad anatomy")
@@ -41,12 +38,12 @@ def test_editing_requests_carry_the_editing_defaults():
 
 
 def test_requests_a_model_cannot_take_are_refused_by_field():
-    with pytest.raises(ValueError, match="janus_flow generates 384px images; got image_size=512"):
-        JanusFlow.translate(InferenceRequest(task="generation", prompt="a cat", params={"image_size": 512}))
+    with pytest.raises(ValueError, match="tokenflow generates 256px images; got image_size=512"):
+        TokenFlow.translate(InferenceRequest(task="generation", prompt="a cat", params={"image_size": 512}))
     with pytest.raises(ValueError, match="tokenflow cannot do 'editing'"):
         TokenFlow.translate(InferenceRequest(task="editing", prompt="x", images=[RED]))
     with pytest.raises(ValueError, match="at most 1 input image"):
-        JanusFlow.translate(InferenceRequest(task="understanding", prompt="same?", images=[RED, RED]))
+        ShowO2.translate(InferenceRequest(task="understanding", prompt="same?", images=[RED, RED]))
 
 
 @pytest.mark.parametrize("cls", BLOCKED, ids=lambda cls: cls.key)
@@ -84,7 +81,7 @@ def test_models_list_names_every_backbone_of_the_reference_system():
     assert listed.exit_code == 0, listed.output
     rows = {line.split()[0]: line for line in listed.output.splitlines()[1:]}
     assert reference <= set(rows), reference - set(rows)
-    assert "upstream pins blocked here" in rows["janus_flow"] and "harness+5     runs here" in rows["mmada"]
-    assert "own (uv)      runs here" in rows["emu3_5"]  # its own environment, built by MLflow
+    assert "upstream pins blocked here" in rows["tokenflow"] and "harness+5     runs here" in rows["mmada"]
+    assert "own (uv)      runs here" in rows["emu3_5"] and "own (uv)      runs here" in rows["janus_flow"]  # its own environment, built by MLflow
     for key in reference:
         assert registry.backbone_class(key).key in registry.BACKBONES

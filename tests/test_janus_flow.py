@@ -1,0 +1,139 @@
+"""JanusFlow on its authors' code (../shared/upstream/janus, `janus.janusflow`), which imports
+torchvision, timm and attrdict — none of which loads beside the harness's CPU torch: the adapter
+declares its own environment and the README's defaults, refuses what the model cannot take, the
+harness's own process explains why the code does not import, and (slow) a tiny random-weight
+JanusFlow of the real upstream classes, built inside the environment MLflow makes for it, goes the
+way of every backbone — served by `mlflow models serve --env-manager uv` (understanding,
+generation), the same outputs from a fresh process, logged, registered and evaluated on `shapes`
+by `umm eval` through its own environment."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+from mlflow.models import Model
+from PIL import Image
+
+from model_flavors import environment, flavor, registry
+from model_flavors.janus_flow import UPSTREAM, JanusFlow, card_params, generation_params, text_sampling
+from tests.conftest import REPO
+from tests.reload import assert_same_predictions, environment_python, predict_in_fresh_process, task_rows
+from tests.serving import invoke, served
+from umm_harness.config import EvalRecipe
+from umm_harness.core.errors import ConfigError
+from umm_harness.core.requests import InferenceParams, InferenceRequest, decode_image, encode_png
+from umm_harness.evaluate import evaluate
+
+CHECKOUT = REPO.parent / "shared" / "upstream" / "janus"
+pytestmark = pytest.mark.skipif(not CHECKOUT.is_dir(), reason=f"no Janus checkout at {CHECKOUT}")
+SCENE = encode_png(Image.new("RGB", (64, 64), "red"))
+ROWS = task_rows(SCENE, ("understanding", "generation"))
+PARAMS = {"seed": 5, "max_new_tokens": 8, "steps": 2}
+
+
+def _checkpoint(source: str) -> flavor.Checkpoint:
+    return flavor.Checkpoint(backbone="janus_flow", source=source, repo_path=CHECKOUT)
+
+
+def test_requests_get_the_readmes_defaults():
+    assert generation_params(InferenceRequest(task="generation", prompt="a cat")) == InferenceParams(
+        seed=0, guidance_scale=2.0, steps=30, image_size=384)
+    assert card_params("understanding") == InferenceParams(seed=0, max_new_tokens=512, temperature=0.0)
+    assert text_sampling(card_params("understanding")) == {"do_sample": False}  # greedy, as the README answers
+    assert text_sampling(InferenceParams(temperature=0.7)) == {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
+    own = generation_params(InferenceRequest(task="generation", prompt="a cat", params={"guidance_scale": 5, "seed": 3}))
+    assert (own.guidance_scale, own.seed, own.steps) == (5, 3, 30)
+
+
+def test_requests_the_model_cannot_take_are_refused_by_field():
+    with pytest.raises(ValueError, match="janus_flow generates 384px images; got image_size=512"):
+        generation_params(InferenceRequest(task="generation", prompt="a cat", params={"image_size": 512}))
+    with pytest.raises(ValueError, match="generates from text only; got 1 input image"):
+        generation_params(InferenceRequest(task="generation", prompt="a cat", images=[Image.new("RGB", (8, 8))]))
+    assert registry.backbone_class("janus_flow") is JanusFlow and "editing" not in JanusFlow.capabilities
+
+
+def test_the_model_carries_its_own_environment_and_the_checkout(tmp_path):
+    flavor.save_model(_checkpoint("deepseek-ai/JanusFlow-1.3B"), tmp_path / "m")
+    requirements = (tmp_path / "m" / "requirements.txt").read_text().split()
+    assert {"torch==2.14.1", "torchvision==0.29.1", "transformers==4.48.2", "attrdict==2.0.1"} <= set(requirements)
+    assert "torch==2.13.0" not in requirements  # its pin replaces the harness's: torchvision needs its torch
+    assert requirements == environment.requirements_for(JanusFlow)
+    umm = Model.load(tmp_path / "m" / "MLmodel").flavors["umm"]
+    assert umm["env_manager"] == "uv" and umm["upstream"]["commit"] == UPSTREAM.commit
+    assert umm["weights"] is None and umm["source"] == "deepseek-ai/JanusFlow-1.3B"  # by reference
+    assert (tmp_path / "m" / "code" / "upstream" / "janus" / "janusflow" / "models" / "uvit.py").is_file()
+
+
+@pytest.fixture
+def forget_janus():
+    """The refused import leaves the checkout's `janus` package half-imported; later tests start clean."""
+    path = list(sys.path)
+    yield
+    sys.path[:] = path
+    for name in [name for name in sys.modules if name == "janus" or name.startswith("janus.")]:
+        del sys.modules[name]
+
+
+def test_in_the_harness_environment_loading_says_which_environment_it_needs(tmp_path, forget_janus):
+    with pytest.raises(ConfigError, match=r"importing JanusFlow's code \(janus\.janusflow\.models\) failed: "
+                                          r".*torchvision.*pip install 'torch==2\.14\.1' 'torchvision==0\.29\.1'"):
+        JanusFlow.load(str(tmp_path), repo_path=CHECKOUT)
+
+
+@pytest.fixture(scope="module")
+def janus_flow(tmp_path_factory):
+    """(model folder, its environment's python, the tiny weights): the environment is MLflow's, built
+    from the model's requirements; the tiny weights are built in it (the code imports nowhere else)."""
+    root = tmp_path_factory.mktemp("janus_flow")
+    started = time.perf_counter()
+    flavor.save_model(_checkpoint("deepseek-ai/JanusFlow-1.3B"), root / "environment-only")
+    python = environment_python(root / "environment-only", "uv", root)
+    environment_s = time.perf_counter() - started
+    subprocess.run([str(python), "-m", "model_flavors.janus_flow", str(root / "tiny"), str(CHECKOUT)], check=True,
+                   cwd=root, env={**os.environ, "PYTHONPATH": str(root / "environment-only" / "code")}, timeout=900)
+    flavor.save_model(_checkpoint(str(root / "tiny")), root / "model")
+    print(f"janus_flow environment ready in {environment_s:.1f} s; tiny build {time.perf_counter() - started:.1f} s")
+    return root / "model", python, root / "tiny"
+
+
+@pytest.mark.slow
+def test_served_from_its_own_environment_and_reloaded_in_a_fresh_process(janus_flow, tmp_path):
+    model_dir, python, _ = janus_flow
+    with served(str(model_dir), cwd=tmp_path, timeout_s=900, env_manager="uv") as url:
+        answer = invoke(url, ROWS, params=PARAMS)
+        assert answer.status_code == 200, answer.text
+        predictions = answer.json()["predictions"]
+        assert isinstance(predictions[0]["text"], str) and json.loads(predictions[0]["params"])["temperature"] == 0.0
+        generated = predictions[1]["images"][0]
+        assert decode_image(generated).size == (64, 64)
+        assert json.loads(predictions[1]["params"])["guidance_scale"] == 2.0  # the README's cfg_weight
+        alone = invoke(url, ROWS[1:2], params={**PARAMS, "seed": PARAMS["seed"] + 1}).json()["predictions"][0]
+        assert alone["images"][0] == generated  # row i runs with seed + i
+        other = invoke(url, ROWS[1:2], params={**PARAMS, "seed": PARAMS["seed"] + 2}).json()["predictions"][0]
+        assert other["images"][0] != generated  # the seed reaches the flow's starting noise
+        refused = invoke(url, ROWS[1:2], params={"image_size": 384})
+        assert refused.status_code == 400 and "generates 64px images; got image_size=384" in refused.json()["message"]
+    fresh = predict_in_fresh_process({"janus_flow": (model_dir, ROWS, PARAMS)}, tmp_path, python=str(python))
+    assert fresh["janus_flow"]["module"].startswith(str(model_dir / "code"))
+    assert_same_predictions(fresh["janus_flow"]["rows"], predictions)
+
+
+@pytest.mark.slow
+def test_registered_and_evaluated_on_shapes_in_its_own_environment(janus_flow, workspace):
+    _, _, tiny = janus_flow
+    mlflow.set_experiment("janus_flow")
+    with mlflow.start_run():
+        info = flavor.log_model(_checkpoint(str(tiny)), registered_model_name="janus_flow-tiny")
+    assert info.registered_model_version == 1
+    summary = evaluate(EvalRecipe(model="models:/janus_flow-tiny/1", limit=4, seed=1, batch_size=4,
+                                  params=InferenceParams(max_new_tokens=8, steps=2), experiment="eval-janus_flow"))
+    tags = mlflow.MlflowClient().get_run(summary.run_id).data.tags
+    assert tags["umm.backbone"] == "janus_flow" and tags["umm.env_manager"] == "uv"  # the model's own choice
+    assert summary.metrics["shapes/failed_samples"] == 0
+    assert 0.0 <= summary.metrics["shapes/generation_overall"] <= 1.0
+    assert 0.0 <= summary.metrics["shapes/understanding_acc"] <= 1.0
