@@ -9,10 +9,8 @@ import json
 import os
 import subprocess
 import textwrap
-import time
 from types import SimpleNamespace
 
-import mlflow
 import pytest
 from mlflow.models import Model
 from PIL import Image
@@ -20,13 +18,17 @@ from PIL import Image
 from model_flavors import environment, flavor
 from model_flavors.emu3p5 import TEXT_VOCAB, UPSTREAM, Emu3p5, engine_request, engine_tokens, tiny_ranks
 from tests.conftest import REPO
-from tests.reload import assert_same_predictions, environment_python, predict_in_fresh_process, task_rows
-from tests.serving import invoke, served
+from tests.own_environment import (
+    assert_a_fresh_process_answers_alike,
+    assert_registers_and_evaluates_on_shapes,
+    served_answers,
+    tiny_in_its_own_environment,
+)
+from tests.reload import task_rows
+from tests.serving import invoke
 from tests.stand_ins import JsonStandIn, serving
-from umm_harness.config import EvalRecipe
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, decode_image, encode_png
-from umm_harness.evaluate import evaluate
 
 CHECKOUT = REPO.parent / "shared" / "upstream" / "emu3.5"
 pytestmark = pytest.mark.skipif(not CHECKOUT.is_dir(), reason=f"no Emu3.5 checkout at {CHECKOUT}")
@@ -67,27 +69,15 @@ def test_the_tiny_tokenizer_keeps_emu3p5s_token_layout():
 
 @pytest.fixture(scope="module")
 def emu3p5(tmp_path_factory):
-    """(model folder, its environment's python, seconds): the environment is MLflow's, built from the
-    model's requirements; the tiny weights are built in it (the code imports nowhere else)."""
-    root = tmp_path_factory.mktemp("emu3p5")
-    started = time.perf_counter()
-    flavor.save_model(_checkpoint("BAAI/Emu3.5-Image"), root / "environment-only")
-    python = environment_python(root / "environment-only", "uv", root)
-    environment_s = time.perf_counter() - started
-    subprocess.run([str(python), "-m", "model_flavors.emu3p5", str(root / "tiny"), str(CHECKOUT)], check=True,
-                   cwd=root, env={**os.environ, "PYTHONPATH": str(root / "environment-only" / "code")}, timeout=900)
-    flavor.save_model(_checkpoint(str(root / "tiny")), root / "model")
-    print(f"emu3.5 environment ready in {environment_s:.1f} s; tiny build {time.perf_counter() - started:.1f} s in all")
-    return root / "model", python, root / "tiny"
+    """(model folder, its environment's python, the tiny weights), built in the environment MLflow makes."""
+    return tiny_in_its_own_environment(_checkpoint, "BAAI/Emu3.5-Image", "model_flavors.emu3p5", CHECKOUT,
+                                       tmp_path_factory.mktemp("emu3p5"))
 
 
 @pytest.mark.slow
 def test_served_from_its_own_environment_and_reloaded_in_a_fresh_process(emu3p5, tmp_path):
     model_dir, python, _ = emu3p5
-    with served(str(model_dir), cwd=tmp_path, timeout_s=900, env_manager="uv") as url:
-        answer = invoke(url, ROWS, params=PARAMS)
-        assert answer.status_code == 200, answer.text
-        predictions = answer.json()["predictions"]
+    with served_answers(model_dir, ROWS, PARAMS, tmp_path) as (url, predictions):
         assert isinstance(predictions[0]["text"], str)
         generated, edited = predictions[1]["images"][0], predictions[2]["images"][0]
         assert decode_image(generated).size == decode_image(edited).size == (64, 64)
@@ -99,25 +89,13 @@ def test_served_from_its_own_environment_and_reloaded_in_a_fresh_process(emu3p5,
         assert refused.status_code == 400 and "1 to 3 reference images; got 4" in refused.json()["message"]
         greedy = invoke(url, ROWS[1:2], params={"temperature": 0.0})
         assert greedy.status_code == 400 and "temperature must be > 0" in greedy.json()["message"]
-    fresh = predict_in_fresh_process({"emu3_5": (model_dir, ROWS, PARAMS)}, tmp_path, python=str(python))["emu3_5"]
-    assert fresh["module"].startswith(str(model_dir / "code"))
-    assert_same_predictions(fresh["rows"], predictions)
+    assert_a_fresh_process_answers_alike(model_dir, python, ROWS, PARAMS, predictions, tmp_path)
 
 
 @pytest.mark.slow
 def test_registered_and_evaluated_on_shapes_in_its_own_environment(emu3p5, workspace):
     _, _, tiny = emu3p5
-    mlflow.set_experiment("emu3p5")
-    with mlflow.start_run():
-        info = flavor.log_model(_checkpoint(str(tiny)), registered_model_name="emu3_5-tiny")
-    assert info.registered_model_version == 1
-    summary = evaluate(EvalRecipe(model="models:/emu3_5-tiny/1", limit=4, seed=1, batch_size=4,
-                                  params=InferenceParams(max_new_tokens=8), experiment="eval-emu3_5"))
-    tags = mlflow.MlflowClient().get_run(summary.run_id).data.tags
-    assert tags["umm.backbone"] == "emu3_5" and tags["umm.env_manager"] == "uv"  # the model's own choice
-    assert summary.metrics["shapes/failed_samples"] == 0
-    assert 0.0 <= summary.metrics["shapes/generation_overall"] <= 1.0
-    assert 0.0 <= summary.metrics["shapes/understanding_acc"] <= 1.0
+    assert_registers_and_evaluates_on_shapes(_checkpoint(str(tiny)), InferenceParams(max_new_tokens=8))
 
 
 # -- the engine route: upstream's patched vLLM behind a server -----------------------------------

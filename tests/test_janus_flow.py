@@ -8,12 +8,8 @@ generation), the same outputs from a fresh process, logged, registered and evalu
 by `umm eval` through its own environment."""
 
 import json
-import os
-import subprocess
 import sys
-import time
 
-import mlflow
 import pytest
 from mlflow.models import Model
 from PIL import Image
@@ -21,12 +17,16 @@ from PIL import Image
 from model_flavors import environment, flavor, registry
 from model_flavors.janus_flow import UPSTREAM, JanusFlow, card_params, generation_params, text_sampling
 from tests.conftest import REPO
-from tests.reload import assert_same_predictions, environment_python, predict_in_fresh_process, task_rows
-from tests.serving import invoke, served
-from umm_harness.config import EvalRecipe
+from tests.own_environment import (
+    assert_a_fresh_process_answers_alike,
+    assert_registers_and_evaluates_on_shapes,
+    served_answers,
+    tiny_in_its_own_environment,
+)
+from tests.reload import task_rows
+from tests.serving import invoke
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, decode_image, encode_png
-from umm_harness.evaluate import evaluate
 
 CHECKOUT = REPO.parent / "shared" / "upstream" / "janus"
 pytestmark = pytest.mark.skipif(not CHECKOUT.is_dir(), reason=f"no Janus checkout at {CHECKOUT}")
@@ -87,27 +87,15 @@ def test_in_the_harness_environment_loading_says_which_environment_it_needs(tmp_
 
 @pytest.fixture(scope="module")
 def janus_flow(tmp_path_factory):
-    """(model folder, its environment's python, the tiny weights): the environment is MLflow's, built
-    from the model's requirements; the tiny weights are built in it (the code imports nowhere else)."""
-    root = tmp_path_factory.mktemp("janus_flow")
-    started = time.perf_counter()
-    flavor.save_model(_checkpoint("deepseek-ai/JanusFlow-1.3B"), root / "environment-only")
-    python = environment_python(root / "environment-only", "uv", root)
-    environment_s = time.perf_counter() - started
-    subprocess.run([str(python), "-m", "model_flavors.janus_flow", str(root / "tiny"), str(CHECKOUT)], check=True,
-                   cwd=root, env={**os.environ, "PYTHONPATH": str(root / "environment-only" / "code")}, timeout=900)
-    flavor.save_model(_checkpoint(str(root / "tiny")), root / "model")
-    print(f"janus_flow environment ready in {environment_s:.1f} s; tiny build {time.perf_counter() - started:.1f} s")
-    return root / "model", python, root / "tiny"
+    """(model folder, its environment's python, the tiny weights), built in the environment MLflow makes."""
+    return tiny_in_its_own_environment(_checkpoint, "deepseek-ai/JanusFlow-1.3B", "model_flavors.janus_flow", CHECKOUT,
+                                       tmp_path_factory.mktemp("janus_flow"))
 
 
 @pytest.mark.slow
 def test_served_from_its_own_environment_and_reloaded_in_a_fresh_process(janus_flow, tmp_path):
     model_dir, python, _ = janus_flow
-    with served(str(model_dir), cwd=tmp_path, timeout_s=900, env_manager="uv") as url:
-        answer = invoke(url, ROWS, params=PARAMS)
-        assert answer.status_code == 200, answer.text
-        predictions = answer.json()["predictions"]
+    with served_answers(model_dir, ROWS, PARAMS, tmp_path) as (url, predictions):
         assert isinstance(predictions[0]["text"], str) and json.loads(predictions[0]["params"])["temperature"] == 0.0
         generated = predictions[1]["images"][0]
         assert decode_image(generated).size == (64, 64)
@@ -118,22 +106,10 @@ def test_served_from_its_own_environment_and_reloaded_in_a_fresh_process(janus_f
         assert other["images"][0] != generated  # the seed reaches the flow's starting noise
         refused = invoke(url, ROWS[1:2], params={"image_size": 384})
         assert refused.status_code == 400 and "generates 64px images; got image_size=384" in refused.json()["message"]
-    fresh = predict_in_fresh_process({"janus_flow": (model_dir, ROWS, PARAMS)}, tmp_path, python=str(python))
-    assert fresh["janus_flow"]["module"].startswith(str(model_dir / "code"))
-    assert_same_predictions(fresh["janus_flow"]["rows"], predictions)
+    assert_a_fresh_process_answers_alike(model_dir, python, ROWS, PARAMS, predictions, tmp_path)
 
 
 @pytest.mark.slow
 def test_registered_and_evaluated_on_shapes_in_its_own_environment(janus_flow, workspace):
     _, _, tiny = janus_flow
-    mlflow.set_experiment("janus_flow")
-    with mlflow.start_run():
-        info = flavor.log_model(_checkpoint(str(tiny)), registered_model_name="janus_flow-tiny")
-    assert info.registered_model_version == 1
-    summary = evaluate(EvalRecipe(model="models:/janus_flow-tiny/1", limit=4, seed=1, batch_size=4,
-                                  params=InferenceParams(max_new_tokens=8, steps=2), experiment="eval-janus_flow"))
-    tags = mlflow.MlflowClient().get_run(summary.run_id).data.tags
-    assert tags["umm.backbone"] == "janus_flow" and tags["umm.env_manager"] == "uv"  # the model's own choice
-    assert summary.metrics["shapes/failed_samples"] == 0
-    assert 0.0 <= summary.metrics["shapes/generation_overall"] <= 1.0
-    assert 0.0 <= summary.metrics["shapes/understanding_acc"] <= 1.0
+    assert_registers_and_evaluates_on_shapes(_checkpoint(str(tiny)), InferenceParams(max_new_tokens=8, steps=2))
