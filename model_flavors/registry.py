@@ -73,7 +73,8 @@ MODEL_TYPES: dict[str, str] = {"janus": "janus_pro", "emu3": "emu3", "blip3o_qwe
 
 # Marker files of checkpoint folders that have no transformers config (the first one found wins).
 MARKER_FILES: dict[str, str] = {"umm_omnigen2.json": "omnigen2", "umm_bagel.json": "bagel", "umm_mmada.json": "mmada",
-                                "umm_show_o.json": "show_o", "model_index.json": "diffusers"}
+                                "umm_show_o.json": "show_o", "umm_janus_flow.json": "janus_flow",
+                                "model_index.json": "diffusers"}
 
 # A diffusers-layout folder whose pipeline class is an upstream model's, not a diffusers one.
 PIPELINE_CLASSES: dict[str, str] = {"OmniGen2Pipeline": "omnigen2"}

@@ -54,7 +54,13 @@ def test_requests_the_model_cannot_take_are_refused_by_field():
         generation_params(InferenceRequest(task="generation", prompt="a cat", params={"image_size": 512}))
     with pytest.raises(ValueError, match="generates from text only; got 1 input image"):
         generation_params(InferenceRequest(task="generation", prompt="a cat", images=[Image.new("RGB", (8, 8))]))
-    assert registry.backbone_class("janus_flow") is JanusFlow and "editing" not in JanusFlow.capabilities
+    assert "editing" not in JanusFlow.capabilities
+
+
+def test_its_checkpoints_are_recognised(tmp_path):
+    assert registry.backbone_class(registry.infer_backbone("deepseek-ai/JanusFlow-1.3B")) is JanusFlow
+    (tmp_path / "umm_janus_flow.json").write_text("{}")  # what a folder this adapter saved carries
+    assert registry.infer_backbone(str(tmp_path)) == "janus_flow"
 
 
 def test_the_model_carries_its_own_environment_and_the_checkout(tmp_path):
