@@ -11,8 +11,8 @@ themselves by that name), and calls it the way the README's JanusFlow examples d
 
 Differences from the README loop, neither changing its result: requests run one image at a time
 with their own generator (upstream batches five images of one prompt), and every step runs the
-whole sequence — the README's cache truncation loops over an empty list, so upstream recomputes
-the whole sequence each step as well. The latent grid follows the VAE (its down-sampling) and the
+whole sequence — the README's cache truncation loops over an empty list, so on the transformers it
+was written for (an empty tuple becomes an empty cache) upstream recomputes it each step as well. The latent grid follows the VAE (its down-sampling) and the
 U-ViT encoder's output, which are 48×48 → 24×24 = 576 tokens for the published 384 px model.
 
 The code imports torchvision (uvit.py, image processing) and timm (siglip_vit.py), neither of which
