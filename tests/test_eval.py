@@ -105,9 +105,12 @@ def test_rerunning_a_finished_eval_loads_no_model_and_scores_nothing(workspace, 
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=child.info.run_id))
     assert (artifacts / "plots" / "shapes_categories.png").is_file() and len(list((artifacts / "images").rglob("*.png")))
 
-    # One more sample to generate: the model loads (before any run starts) and only it is scored.
+    assert again.results["shapes"].scored == 0
+
+    # One more sample to generate: the model loads (before any run starts) and only it is scored
+    # (by the scoring worker, beside generation).
     more = evaluate(EvalRecipe(limit=LIMIT + 1))
-    assert calls["load"] == 1 and calls["score"] == 1 and more.results["shapes"].computed > 0
+    assert calls["load"] == 1 and more.results["shapes"].scored == 1 and more.results["shapes"].computed > 0
 
 
 def test_a_model_that_cannot_load_fails_before_any_run_exists(workspace, tiny_janus_dir):

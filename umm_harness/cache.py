@@ -233,10 +233,13 @@ class ResultCache:
 
     def output(self, sample_id: str, k: int) -> Output | None:
         entry = self._entries.get((sample_id, k))
-        if entry is None:
-            return None
-        images = []
-        for name in entry.images:
-            with Image.open(self.images_dir / name) as img:
-                images.append(img.convert("RGB"))
-        return Output(k=k, seed=entry.seed, text=entry.text, images=images)
+        return None if entry is None else read_output(self.images_dir, entry)
+
+
+def read_output(images_dir: Path, entry: CachedOutput) -> Output:
+    """One cached output as a scorer reads it, its images decoded from the cache folder."""
+    images = []
+    for name in entry.images:
+        with Image.open(images_dir / name) as img:
+            images.append(img.convert("RGB"))
+    return Output(k=entry.k, seed=entry.seed, text=entry.text, images=images)

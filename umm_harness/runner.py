@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from itertools import takewhile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -22,10 +22,11 @@ from tqdm import tqdm
 from tasks.base import Sample, Task
 from umm_harness.core.backbone import Backbone
 from umm_harness.batch_size import BatchSizer
-from umm_harness.cache import ResultCache
+from umm_harness.cache import CachedOutput, ResultCache
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult
 from umm_harness.core.seeding import sample_seed
+from umm_harness.scoring_worker import CHUNK, ScoringWorker, score_items
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class BenchmarkResult:
     reused: int  # outputs found in the cache
     model_seconds: float  # time inside backbone calls
     metrics: dict[str, float] = field(default_factory=dict)
+    scored: int = 0  # samples scored by this run (the others' records came from the cache)
 
 
 def limit_samples(samples: list[Sample], limit: int | None) -> list[Sample]:
@@ -112,7 +114,8 @@ def pending_outputs(task: Task, backbone: Backbone, cache: ResultCache, *, limit
 
 
 def _generate_elsewhere(executor: BatchExecutor, pending: list[tuple[Sample, int]], sizer: BatchSizer,
-                        cache: ResultCache, run_seed: int, overrides: InferenceParams, bar: tqdm) -> float:
+                        cache: ResultCache, run_seed: int, overrides: InferenceParams, bar: tqdm,
+                        landed: Callable[[list[tuple[Sample, int]]], None]) -> float:
     """The pending outputs in the same batches as the local loop, through `executor`; each finished
     batch goes to the cache as it arrives, so a killed driver loses nothing that came back."""
     batches: list[list[tuple[Sample, int]]] = []
@@ -131,6 +134,7 @@ def _generate_elsewhere(executor: BatchExecutor, pending: list[tuple[Sample, int
         ])
         model_seconds += seconds
         bar.update(len(results))
+        landed(batches[index])
     return model_seconds
 
 
@@ -158,7 +162,8 @@ def run_benchmark(
     the task's samples, when the caller has loaded them already. `scorer`: the scorer's identity
     (`cache.scorer_identity`); records it already gave these very outputs are reused, not recomputed.
     `executor`: generate there (batches of the sizer's size, no out-of-memory back-off) instead of
-    calling `backbone` here.
+    calling `backbone` here. A two-stage task (detector, judge) is scored by a worker process while
+    generation runs (`umm_harness.scoring_worker`); the records are the same either way.
     """
     overrides = overrides or InferenceParams()
     samples, failed, skipped, runnable, mine = _plan(task, backbone, capabilities, limit, shard, samples)
@@ -172,51 +177,118 @@ def run_benchmark(
         log.info("%s: %d outputs found in the cache, %d to compute", task.name, reused, len(pending))
 
     sizer = batch_size if isinstance(batch_size, BatchSizer) else BatchSizer(batch_size)
+    scoring = _Scoring(task, runnable, cache, scorer) if stage != "generate" else None
+    if scoring is not None and pending and task.two_stage:
+        scoring.start_worker()  # scores each sample as its outputs land, beside the model loop
     model_seconds = 0.0
-    with tqdm(total=len(pending), desc=f"{task.name}: generate", unit="out", disable=not progress_enabled()) as bar:
-        if executor is not None and pending:
-            model_seconds = _generate_elsewhere(executor, pending, sizer, cache, run_seed, overrides, bar)
-        done = len(pending) if executor is not None else 0
-        while done < len(pending):
-            kind = pending[done][0].request.task
-            batch = list(takewhile(lambda item: item[0].request.task == kind,
-                                   pending[done : done + sizer.size(kind)]))
-            requests = [request_for(sample, k, run_seed, overrides) for sample, k in batch]
-            start = time.perf_counter()
-            try:
-                results = backbone.run(requests)
-            except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
-                if sizer.shrink(kind, error):
-                    continue
-                raise
-            model_seconds += time.perf_counter() - start
-            sizer.worked(kind)
-            cache.add_batch([
-                (sample.id, k, request.params.seed, result.text, result.images, result.elapsed_s)
-                for (sample, k), request, result in zip(batch, requests, results)
-            ])
-            done += len(batch)
-            bar.update(len(batch))
+    try:
+        with tqdm(total=len(pending), desc=f"{task.name}: generate", unit="out", disable=not progress_enabled()) as bar:
+            landed = scoring.landed if scoring is not None else lambda batch: None
+            if executor is not None and pending:
+                model_seconds = _generate_elsewhere(executor, pending, sizer, cache, run_seed, overrides, bar, landed)
+            done = len(pending) if executor is not None else 0
+            while done < len(pending):
+                kind = pending[done][0].request.task
+                batch = list(takewhile(lambda item: item[0].request.task == kind,
+                                       pending[done : done + sizer.size(kind)]))
+                requests = [request_for(sample, k, run_seed, overrides) for sample, k in batch]
+                start = time.perf_counter()
+                try:
+                    results = backbone.run(requests)
+                except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
+                    if sizer.shrink(kind, error):
+                        continue
+                    raise
+                model_seconds += time.perf_counter() - start
+                sizer.worked(kind)
+                cache.add_batch([
+                    (sample.id, k, request.params.seed, result.text, result.images, result.elapsed_s)
+                    for (sample, k), request, result in zip(batch, requests, results)
+                ])
+                done += len(batch)
+                bar.update(len(batch))
+                landed(batch)
 
-    if stage == "generate":
-        return BenchmarkResult(samples, {}, failed, skipped, len(pending), reused, model_seconds)
-    records: dict[str, dict[str, Any]] = {}
-    if scorer is not None:
-        records = {s.id: r for s in runnable if (r := cache.score_record(scorer, s.id, s.n)) is not None}
-    to_score = [s for s in runnable if s.id not in records]
-    # Judged tasks take many samples at once to batch their judge calls; outputs are read from
-    # the cache a chunk at a time so thousands of images never sit in memory together.
-    score_many = getattr(task, "score_many", None)
-    chunk = 64 if score_many else 1
-    with tqdm(total=len(to_score), desc=f"{task.name}: score", unit="sample", disable=not progress_enabled()) as bar:
-        for start in range(0, len(to_score), chunk):
-            items = [(sample, [cache.output(sample.id, k) for k in range(sample.n)])
-                     for sample in to_score[start : start + chunk]]
-            scored = score_many(items) if score_many else [task.score(sample, outputs) for sample, outputs in items]
-            records.update({sample.id: record for (sample, _), record in zip(items, scored)})
-            bar.update(len(items))
-    if scorer is not None and to_score:
-        cache.add_scores(scorer, [(s.id, s.n, records[s.id]) for s in to_score])
-    records = {s.id: records[s.id] for s in runnable}
+        if scoring is None:
+            return BenchmarkResult(samples, {}, failed, skipped, len(pending), reused, model_seconds)
+        records = scoring.finish()
+    finally:
+        if scoring is not None:
+            scoring.close()
     metrics = {f"{task.metric_prefix}{name}": value for name, value in task.aggregate(runnable, records).items()}
-    return BenchmarkResult(samples, records, failed, skipped, len(pending), reused, model_seconds, metrics)
+    return BenchmarkResult(samples, records, failed, skipped, len(pending), reused, model_seconds, metrics,
+                           scoring.scored)
+
+
+class _Scoring:
+    """Stage 2 of one benchmark: records the cache already holds for these very outputs are reused,
+    the rest are scored, by a worker process as each sample's outputs land (`start_worker`) or
+    here once generation is done. Records are saved to the cache as they come, so a scorer
+    failure loses none already made."""
+
+    def __init__(self, task: Task, runnable: list[Sample], cache: ResultCache, scorer: str | None):
+        self.task, self.runnable, self.cache, self.scorer = task, runnable, cache, scorer
+        self.records: dict[str, dict[str, Any]] = {}
+        if scorer is not None:
+            self.records = {s.id: r for s in runnable if (r := cache.score_record(scorer, s.id, s.n)) is not None}
+        self.scored = 0
+        self.worker: ScoringWorker | None = None
+        self._index = {s.id: i for i, s in enumerate(runnable)}
+        self._missing: dict[str, int] = {}  # sample id → outputs not cached yet
+        self._bar = tqdm(total=len(runnable) - len(self.records), desc=f"{task.name}: score", unit="sample",
+                         disable=not progress_enabled())
+
+    def start_worker(self) -> None:
+        self.worker = ScoringWorker.start(self.task, self.runnable, self.cache.images_dir)
+        if self.worker is None:
+            return
+        to_score = [s for s in self.runnable if s.id not in self.records]
+        self._missing = {s.id: sum((s.id, k) not in self.cache for k in range(s.n)) for s in to_score}
+        self.worker.submit([self._item(s) for s in to_score if not self._missing[s.id]])
+
+    def _item(self, sample: Sample) -> tuple[int, list[CachedOutput]]:
+        return self._index[sample.id], [self.cache.entry(sample.id, k) for k in range(sample.n)]
+
+    def landed(self, batch: list[tuple[Sample, int]]) -> None:
+        """A batch of outputs is in the cache: its complete samples go to the worker."""
+        if self.worker is None:
+            return
+        complete = []
+        for sample, _ in batch:
+            if sample.id in self._missing:
+                self._missing[sample.id] -= 1
+                if not self._missing[sample.id]:
+                    complete.append(sample)
+        self.worker.submit([self._item(s) for s in complete])
+        self._keep(self.worker.collect())
+
+    def _keep(self, scored: list[tuple[str, dict[str, Any]]]) -> None:
+        if not scored:
+            return
+        self.records.update(scored)
+        self.scored += len(scored)
+        self._bar.update(len(scored))
+        if self.scorer is not None:
+            self.cache.add_scores(self.scorer, [(sid, self.runnable[self._index[sid]].n, record)
+                                                for sid, record in scored])
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        """Every runnable sample's record, in sample order."""
+        if self.worker is not None:
+            self.worker.finish(self._keep)
+            if self.worker.unavailable:
+                log.warning("%s: the scoring worker could not load the task (%s); scoring here",
+                            self.task.name, self.worker.unavailable)
+        # Judged tasks take many samples at once to batch their judge calls; outputs are read from
+        # the cache a chunk at a time so thousands of images never sit in memory together.
+        to_score = [s for s in self.runnable if s.id not in self.records]
+        chunk = CHUNK if hasattr(self.task, "score_many") else 1
+        for start in range(0, len(to_score), chunk):
+            items = [(s, [self.cache.output(s.id, k) for k in range(s.n)]) for s in to_score[start : start + chunk]]
+            self._keep([(s.id, record) for (s, _), record in zip(items, score_items(self.task, items))])
+        return {s.id: self.records[s.id] for s in self.runnable}
+
+    def close(self) -> None:
+        self._bar.close()
+        if self.worker is not None:
+            self.worker.close()
