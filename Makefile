@@ -31,12 +31,12 @@ test-fast: setup
 loop: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e loop --env-manager local
 
-# Speed figures (ratios measured in one run), per-stage time of the generation benchmarks, the judges'
-# figures and the cost of running a model in its own environment, printed as `name value` lines.
+# Speed figures measured side by side in one run (harness overhead, resume, batching, data-parallel
+# ranks and nodes, Ray, serving, judge replicas), per-stage time of the generation benchmarks and
+# the cost of running a model in its own environment, printed as `name value` lines.
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_harness.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_generation_stages.py
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_judges.py
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/bench_isolation.py
 
 # Serve the registered tiny model on 127.0.0.1 (run `make eval` first).

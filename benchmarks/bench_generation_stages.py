@@ -30,7 +30,7 @@ import transformers
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the tests' fixture builders
 
-from benchmarks.bench_harness import add_device_arguments, device_name  # noqa: E402
+from benchmarks.timing import add_device_arguments, device_name, report  # noqa: E402
 from model_flavors.janus import build_tiny  # noqa: E402
 from tasks import dpg_bench as dpg_module  # noqa: E402
 from tasks.benchmark_files import git_blob_sha1  # noqa: E402
@@ -98,16 +98,12 @@ def main() -> None:
 
     os.environ["MLFLOW_TRACKING_URI"] = results_store
     mlflow.set_tracking_uri(results_store)
-    mlflow.set_experiment("umm-benchmarks")
-    with mlflow.start_run(run_name="bench_generation_stages"):
-        mlflow.set_tags({"device": device_name(args.device), "dtype": args.dtype, "limit": str(args.limit)})
-        mlflow.log_metrics(figures)
     print(f"{'benchmark':10s} {'samples':>7s} {'outputs':>7s} {'generate s/sample':>18s} {'score s/sample':>15s}")
     for benchmark, samples, outputs, generate, score in rows:
         print(f"{benchmark:10s} {samples:7d} {outputs:7d} {generate:18.3f} {score:15.3f}")
-    print(f"device {device_name(args.device)} ({args.dtype})")
-    for name, value in figures.items():
-        print(f"{name} {value:.4g}")
+    report("bench_generation_stages", figures,
+           {"device": device_name(args.device), "dtype": args.dtype, "limit": str(args.limit)},
+           f"device {device_name(args.device)} ({args.dtype})")
 
 
 if __name__ == "__main__":

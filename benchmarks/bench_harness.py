@@ -1,8 +1,9 @@
-"""Speed figures of the harness, measured in one process run on the tiny Janus-Pro.
+"""Speed figures of the harness, measured in one process run: every figure of the scale-out work
+side by side, on the tiny Janus-Pro and on a larger tiny configuration (a slower model).
 
 Every figure is a ratio of two timings taken here, one after the other, so it stays meaningful
-on a noisy machine. Printed last as `name value` lines (for scripts), and logged to the MLflow
-experiment `umm-benchmarks` so runs can be compared over time.
+on a noisy machine; the load average is printed with them. Printed last as `name value` lines
+(for scripts), and logged to the MLflow experiment `umm-benchmarks` so runs can be compared.
 
     python benchmarks/bench_harness.py [--samples 120] [--requests 40]
 """
@@ -11,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -26,35 +25,23 @@ import requests
 import torch
 import transformers
 
-from model_flavors.janus import JanusPro, build_tiny
-from tasks.shapes import ShapesTask
-from umm_harness import evaluate as evaluate_module
-from umm_harness.config import EvalRecipe
-from umm_harness.runner import request_for, limit_samples
-from umm_harness.core.ports import free_port
-from umm_harness.core.requests import InferenceParams
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
+from benchmarks.bench_judges import replica_figures  # noqa: E402
+from benchmarks.timing import add_device_arguments, device_name, report, seconds, timed  # noqa: E402
+from model_flavors.janus import JanusPro, build_tiny  # noqa: E402
+from tasks.shapes import ShapesTask  # noqa: E402
+from umm_harness import evaluate as evaluate_module  # noqa: E402
+from umm_harness import runner, tracking  # noqa: E402
+from umm_harness.config import EvalRecipe  # noqa: E402
+from umm_harness.core.ports import free_port  # noqa: E402
+from umm_harness.core.requests import InferenceParams  # noqa: E402
+from umm_harness.runner import limit_samples, request_for  # noqa: E402
 
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--device` / `--dtype`: the GPU in bf16 when there is one, so the GPU paths are what is measured."""
-    gpu = torch.cuda.is_available()
-    parser.add_argument("--device", default="cuda" if gpu else "cpu", help="default: cuda when present")
-    parser.add_argument("--dtype", default="bfloat16" if gpu else "float32", help="default: bfloat16 on cuda")
-
-
-def device_name(device: str = "cpu") -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-
-
-@contextmanager
-def timed(store: dict[str, float], key: str):
-    start = time.perf_counter()
-    yield
-    store[key] = store.get(key, 0.0) + time.perf_counter() - start
+# The larger tiny configuration: a language model of 384 wide × 6 layers (~0.1-0.2 s per sample on
+# one CPU thread), so per-sample costs are seen against a model time closer to a real one.
+LARGE = {"hidden": 384, "layers": 6}
 
 
 def bare_loop(backbone: JanusPro, samples, batch_size: int) -> float:
@@ -116,9 +103,68 @@ def serve_ratio(model_uri: str, rows: list[dict], count: int) -> tuple[float, fl
     return served, direct
 
 
+class PhaseTimer:
+    """Times named functions while installed: seconds per phase, summed over calls."""
+
+    def __init__(self, phases: list[tuple[object, str, str]]):
+        self.spent: dict[str, float] = {}
+        self._phases = phases
+        self._originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in phases]
+
+    def __enter__(self) -> dict[str, float]:
+        for (owner, name, phase), (_, _, original) in zip(self._phases, self._originals):
+            function = original.__func__ if isinstance(original, classmethod) else original
+
+            def wrapper(*a, _f=function, _phase=phase, **k):
+                with timed(self.spent, _phase):
+                    return _f(*a, **k)
+            setattr(owner, name, classmethod(wrapper) if isinstance(original, classmethod) else wrapper)
+        return self.spent
+
+    def __exit__(self, *exc) -> None:
+        for owner, name, original in self._originals:
+            setattr(owner, name, original)
+
+
+def overhead(recipe: EvalRecipe, backbone: JanusPro, prefix: str, figures: dict[str, float]):
+    """The whole `umm eval` against a bare loop of the same adapter calls, and where the rest goes:
+    MLflow (runs, registering the model, artifacts), loading the weights (the bare loop reuses a
+    loaded model), building the samples, the chart, and the wait for the scoring worker after
+    the last batch (scoring itself runs beside generation)."""
+    samples = limit_samples(ShapesTask().samples(), recipe.limit)
+    bare = bare_loop(backbone, samples, recipe.batch_size)
+    phases = [(evaluate_module, "log_benchmark", "mlflow"), (evaluate_module, "log_batch", "mlflow"),
+              (evaluate_module, "ensure_registered", "register"), (JanusPro, "load", "load"),
+              (ShapesTask, "samples", "samples"), (tracking, "_category_plot", "chart"),
+              (runner._Scoring, "finish", "score_wait")]
+    with PhaseTimer(phases) as spent:
+        start = time.perf_counter()
+        summary = evaluate_module.evaluate(recipe)
+        full = time.perf_counter() - start
+    result = summary.results["shapes"]
+    figures[f"{prefix}overhead_ratio"] = full / bare
+    figures[f"{prefix}model_ms_per_sample"] = 1000 * bare / len(samples)
+    figures[f"{prefix}model_loop_ratio"] = result.model_seconds / bare  # runner's batches vs the bare loop
+    # Seconds outside backbone calls: free of the model-time noise that moves both ratios above.
+    figures[f"{prefix}outside_model_s"] = full - result.model_seconds
+    figures[f"{prefix}logging_share"] = (spent["mlflow"] + spent.get("register", 0.0)) / full
+    for phase in ("register", "load", "samples", "chart", "score_wait"):
+        figures[f"{prefix}{phase}_s"] = spent.get(phase, 0.0)
+    return summary, full
+
+
+def umm_eval(*args: str) -> float:
+    """Seconds of one `umm eval` in a new process (start-up included)."""
+    return seconds(lambda: subprocess.run([sys.executable, "-m", "umm_harness", "eval", *args], check=True,
+                                          capture_output=True, env={**os.environ, "CI": "1"}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=120, help="shapes samples per eval")
+    parser.add_argument("--samples", type=int, default=120, help="shapes samples per eval of the tiny model")
+    parser.add_argument("--large-samples", type=int, default=36, help="shapes samples per eval of the larger one")
+    parser.add_argument("--dp-samples", type=int, default=60,
+                        help="shapes samples of the data-parallel runs (on the larger model)")
     parser.add_argument("--requests", type=int, default=40, help="requests for the serving figure")
     add_device_arguments(parser)
     args = parser.parse_args()
@@ -126,6 +172,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     figures: dict[str, float] = {}
     results_store = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / 'mlflow.db'}")
+    device = ["--device", args.device, "--dtype", args.dtype, "--threads", "1"]
 
     with tempfile.TemporaryDirectory(prefix="umm-bench-") as tmp:
         work = Path(tmp)
@@ -139,35 +186,15 @@ def main() -> None:
         backbone = JanusPro.load(str(folder), dtype=args.dtype, device=args.device)
         recipe = EvalRecipe(limit=args.samples, batch_size=16, threads=1, device=args.device, dtype=args.dtype)
 
-        # 1. harness overhead: the whole `umm eval` vs a bare loop of the same adapter calls.
-        samples = limit_samples(ShapesTask().samples(), args.samples)
-        bare = bare_loop(backbone, samples, 16)
-        # Where the rest of the time goes: MLflow (runs, registry, artifacts), loading the
-        # weights (the bare loop reuses a loaded model), and the benchmark's own scorer.
-        spent: dict[str, float] = {}
-        phases = [(evaluate_module, name, "mlflow") for name in ("log_benchmark", "log_batch", "ensure_registered")]
-        phases += [(JanusPro, "load", "load"), (ShapesTask, "score", "scoring")]
-        originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in phases]
-        for (owner, name, phase), (_, _, original) in zip(phases, originals):
-            function = original.__func__ if isinstance(original, classmethod) else original
-
-            def wrapper(*a, _f=function, _phase=phase, **k):
-                with timed(spent, _phase):
-                    return _f(*a, **k)
-            setattr(owner, name, classmethod(wrapper) if isinstance(original, classmethod) else wrapper)
-        start = time.perf_counter()
-        first = evaluate_module.evaluate(recipe)
-        full = time.perf_counter() - start
-        for owner, name, original in originals:
-            setattr(owner, name, original)
-        result = first.results["shapes"]
-        figures["overhead_ratio"] = full / bare
-        figures["model_loop_ratio"] = result.model_seconds / bare  # runner's batches vs the bare loop
-        # Seconds outside backbone calls: free of the model-time noise that moves both ratios above.
-        figures["outside_model_s"] = full - result.model_seconds
-        figures["logging_share"] = spent["mlflow"] / full
-        figures["load_share"] = spent["load"] / full
-        figures["scoring_share"] = spent["scoring"] / full
+        # 1. harness overhead: the whole `umm eval` vs a bare loop of the same adapter calls,
+        # on the tiny model, then on the larger configuration (its own registered model).
+        first, full = overhead(recipe, backbone, "", figures)
+        large_folder = work / "janus-pro-large"
+        build_tiny(large_folder, **LARGE)
+        large = JanusPro.load(str(large_folder), dtype=args.dtype, device=args.device)
+        overhead(recipe.model_copy(update={"model": str(large_folder), "limit": args.large_samples}), large,
+                 "large_", figures)
+        del large
 
         # 2. resume: a rerun of the finished eval makes no model call.
         start = time.perf_counter()
@@ -183,41 +210,34 @@ def main() -> None:
             figures[f"{short}_batch8_speedup"] = rates[8] / rates[1]
             figures[f"{short}_batch32_speedup"] = rates[32] / rates[1]
 
-        # 4. data parallel: 2 ranks vs 1 on the same work, each from an empty cache.
+        # 4. data parallel on the larger model, each run from an empty cache: 1 rank, 2 ranks, and
+        # two "nodes" on this machine (two launchers meeting at a c10d rendezvous, one rank each).
+        # The start-up share is a 1-sample run's time over the 1-rank run's.
+        dp = ["--model", str(large_folder), "--limit", str(args.dp_samples), "--batch-size", "8", *device]
+        startup = umm_eval("--model", str(large_folder), "--limit", "1", *device)
         timings = {}
         for nproc in (1, 2):
             shutil.rmtree(work / "home" / "cache", ignore_errors=True)
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "umm_harness", "eval", "--limit", str(args.samples * 2),
-                            "--batch-size", "8", "--nproc", str(nproc), "--threads", "1",
-                            "--device", args.device, "--dtype", args.dtype],
-                           check=True, capture_output=True, env={**os.environ, "CI": "1"})
-            timings[nproc] = time.perf_counter() - start
+            timings[nproc] = umm_eval(*dp, "--nproc", str(nproc))
+        figures["dp_startup_share"] = startup / timings[1]
         figures["dp2_speedup"] = timings[1] / timings[2]
-
-        # 4b. two "nodes" on this machine: two launchers meeting at a c10d rendezvous, one rank each.
         shutil.rmtree(work / "home" / "cache", ignore_errors=True)
         endpoint = f"127.0.0.1:{free_port()}"
         start = time.perf_counter()
-        nodes = [subprocess.Popen([sys.executable, "-m", "umm_harness", "eval", "--limit", str(args.samples * 2),
-                                   "--batch-size", "8", "--threads", "1", "--nnodes", "2", "--node-rank", str(rank),
-                                   "--rdzv-endpoint", endpoint, "--device", args.device, "--dtype", args.dtype],
+        nodes = [subprocess.Popen([sys.executable, "-m", "umm_harness", "eval", *dp, "--nnodes", "2",
+                                   "--node-rank", str(rank), "--rdzv-endpoint", endpoint],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CI": "1"})
                  for rank in (0, 1)]
         if any(node.wait() != 0 for node in nodes):
             raise SystemExit("the two-node eval failed")
         figures["nodes2_speedup"] = timings[1] / (time.perf_counter() - start)
 
-        # 4c. the Ray executor (local Ray, 2 actors of half a CPU) against the local executor, same work.
+        # 4b. the Ray executor (local Ray, 1 actor of half a CPU) against the local executor, same work.
         timings = {}
         for executor in ("local", "ray"):
             shutil.rmtree(work / "home" / "cache", ignore_errors=True)
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "umm_harness", "eval", "--limit", str(args.samples),
-                            "--batch-size", "8", "--executor", executor, "--threads", "1",
-                            "--device", args.device, "--dtype", args.dtype],
-                           check=True, capture_output=True, env={**os.environ, "CI": "1"})
-            timings[executor] = time.perf_counter() - start
+            timings[executor] = umm_eval("--limit", str(args.samples), "--batch-size", "8", "--executor", executor,
+                                         *device)
         figures["ray_ratio"] = timings["ray"] / timings["local"]
 
         # 5. serving: requests/s through `mlflow models serve` vs direct pyfunc predict.
@@ -228,15 +248,13 @@ def main() -> None:
 
         os.chdir(REPO)  # the temporary folder goes away; the results go to the repo's own store
 
+    # 6. judges: the same concurrent requests against 2 local judge-server replicas vs 1.
+    figures.update(replica_figures())
+
     os.environ["MLFLOW_TRACKING_URI"] = results_store
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-    mlflow.set_experiment("umm-benchmarks")
-    with mlflow.start_run(run_name="bench_harness"):
-        mlflow.set_tags({"device": device_name(args.device), "dtype": args.dtype, "samples": str(args.samples)})
-        mlflow.log_metrics(figures)
-    print(f"device {device_name(args.device)} ({args.dtype})")
-    for name, value in figures.items():
-        print(f"{name} {value:.4g}")
+    report("bench_harness", figures, {"device": device_name(args.device), "dtype": args.dtype,
+                                      "samples": str(args.samples)}, f"device {device_name(args.device)} ({args.dtype})")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_harness import REPO, device_name  # noqa: E402
+from benchmarks.bench_harness import REPO  # noqa: E402
+from benchmarks.timing import device_name, report  # noqa: E402
 from model_flavors import flavor  # noqa: E402
 from model_flavors.janus import JanusPro, build_tiny  # noqa: E402
 from tasks.shapes import ShapesTask  # noqa: E402
@@ -131,14 +132,9 @@ def main() -> None:
     os.environ.pop("MLFLOW_ENV_ROOT")
     os.chdir(REPO)
     mlflow.set_tracking_uri(results_store)
-    mlflow.set_experiment("umm-benchmarks")
-    with mlflow.start_run(run_name="bench_isolation"):
-        mlflow.set_tags({"device": device_name(), "env_manager": args.env_manager,
-                         "batch_size": str(args.batch_size), "threads": str(args.threads)})
-        mlflow.log_metrics(figures)
-    print(f"device {device_name()} ({args.env_manager}, batches of {args.batch_size})")
-    for name, value in figures.items():
-        print(f"{name} {value:.4g}")
+    report("bench_isolation", figures, {"device": device_name(), "env_manager": args.env_manager,
+                                        "batch_size": str(args.batch_size), "threads": str(args.threads)},
+           f"device {device_name()} ({args.env_manager}, batches of {args.batch_size})")
 
 
 if __name__ == "__main__":

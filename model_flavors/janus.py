@@ -217,8 +217,9 @@ _TINY_CHAT_TEMPLATE = (
 )
 
 
-def build_tiny(path: Path, seed: int = 0) -> JanusPro:
-    """A ~3.8 M-parameter random Janus-Pro (64 px, 64 image tokens, 256 VQ codes), saved at `path`.
+def build_tiny(path: Path, seed: int = 0, hidden: int = 128, layers: int = 2) -> JanusPro:
+    """A ~3.8 M-parameter random Janus-Pro (64 px, 64 image tokens, 256 VQ codes), saved at `path`;
+    `hidden` and `layers` size its language model up (a slower model for speed figures).
 
     Sizes follow the constraints of the real classes: the VQ downsample (2^(levels-1)) equals
     the vision patch size, and every projection equals the text hidden size.
@@ -228,10 +229,10 @@ def build_tiny(path: Path, seed: int = 0) -> JanusPro:
         {"image_token": "<image_placeholder>", "boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"},
         ["<|User|>", "<|Assistant|>"],
     )
-    hidden, image_size, patch = 128, 64, 8
+    image_size, patch = 64, 8
     config = JanusConfig(
         text_config=LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=256, num_hidden_layers=2,
+            vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, initializer_range=0.2,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         ),

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -23,7 +24,7 @@ from tasks.registry import build_task, suite_benchmarks
 from umm_harness.core.acceleration import check_device
 from umm_harness.core.backbone import Backbone, LazyBackbone
 from umm_harness.batch_size import BatchSizer
-from umm_harness.cache import ResultCache, scorer_identity
+from umm_harness.cache import CachedOutput, ResultCache, scorer_identity
 from umm_harness.core.home import umm_home
 from umm_harness.config import EvalRecipe, flatten
 from umm_harness.distributed import Ranks, current_ranks
@@ -34,7 +35,8 @@ from umm_harness.ray_executor import RayExecutor
 from umm_harness.runner import BenchmarkResult, pending_outputs, run_benchmark
 from umm_harness.runs import BENCHMARK_TAG, benchmark_runs, parent_runs, start_top_level_run, take_project_run
 from umm_harness.search_filters import quoted
-from umm_harness.tracking import git_commit, log_batch, log_benchmark, log_model_scores, official, score_summary
+from umm_harness.tracking import (ImageUploads, git_commit, log_batch, log_benchmark, log_model_scores, official,
+                                  score_summary)
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +119,11 @@ def _evaluate_model(recipe: EvalRecipe, model: ResolvedModel, tasks: list[Task],
         for task in tasks:
             with mlflow.start_run(run_name=task.name, nested=True, experiment_id=parent.info.experiment_id):
                 log_batch(tags={**common_tags, "umm.benchmark": task.name, **_scorer_tag(task), **task.run_tags()})
-                result, cache = _run_task(task, model, recipe, ranks, samples[task.name], caches[task.name])
+                uploads = ImageUploads(task.name, caches[task.name])  # images go up while the model works
+                result, cache = _run_task(task, model, recipe, ranks, samples[task.name], caches[task.name],
+                                          on_outputs=uploads.add)
                 _tag_if_all_skipped(task.name, result)
-                logged = log_benchmark(task.name, result, cache)
+                logged = log_benchmark(task.name, result, cache, uploads=uploads)
                 log_model_scores(task.name, result, logged, model_id)
                 metrics.update(logged)
                 results[task.name] = result
@@ -142,13 +146,14 @@ def _cache(task: Task, model: ResolvedModel, recipe: EvalRecipe, ranks: Ranks) -
 
 
 def _run_task(task: Task, model: ResolvedModel, recipe: EvalRecipe, ranks: Ranks, samples: list[Sample],
-              cache: ResultCache) -> tuple[BenchmarkResult, ResultCache] | None:
+              cache: ResultCache, on_outputs: Callable[[list[CachedOutput]], None] | None = None
+              ) -> tuple[BenchmarkResult, ResultCache] | None:
     """One benchmark on this rank; with several ranks each generates its shard, then rank 0
     merges every rank's cache log and scores (the others return None)."""
     sizer = BatchSizer(recipe.batch_size, umm_home() / "batch_sizes.json", model.digest)
     run = partial(run_benchmark, task, model.backbone, run_seed=recipe.seed, batch_size=sizer,
                   overrides=recipe.params, limit=recipe.limit, samples=samples,
-                  scorer=scorer_identity(task, recipe.judge), executor=_executor(recipe))
+                  scorer=scorer_identity(task, recipe.judge), executor=_executor(recipe), on_outputs=on_outputs)
     if ranks.world_size == 1:
         return run(cache, stage=recipe.stage), cache
     shard = run(cache, stage="generate", shard=(ranks.rank, ranks.world_size))

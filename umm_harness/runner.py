@@ -153,6 +153,7 @@ def run_benchmark(
     samples: list[Sample] | None = None,
     scorer: str | None = None,
     executor: BatchExecutor | None = None,
+    on_outputs: Callable[[list[CachedOutput]], None] | None = None,
 ) -> BenchmarkResult:
     """Stage 1 (`generate`), stage 2 (`score`) or both (`all`) of one benchmark.
 
@@ -164,6 +165,7 @@ def run_benchmark(
     `executor`: generate there (batches of the sizer's size, no out-of-memory back-off) instead of
     calling `backbone` here. A two-stage task (detector, judge) is scored by a worker process while
     generation runs (`umm_harness.scoring_worker`); the records are the same either way.
+    `on_outputs`: called with each batch of outputs once it is in the cache (image uploads).
     """
     overrides = overrides or InferenceParams()
     samples, failed, skipped, runnable, mine = _plan(task, backbone, capabilities, limit, shard, samples)
@@ -183,7 +185,12 @@ def run_benchmark(
     model_seconds = 0.0
     try:
         with tqdm(total=len(pending), desc=f"{task.name}: generate", unit="out", disable=not progress_enabled()) as bar:
-            landed = scoring.landed if scoring is not None else lambda batch: None
+            def landed(batch: list[tuple[Sample, int]]) -> None:
+                if scoring is not None:
+                    scoring.landed(batch)
+                if on_outputs is not None:
+                    on_outputs([cache.entry(sample.id, k) for sample, k in batch])
+
             if executor is not None and pending:
                 model_seconds = _generate_elsewhere(executor, pending, sizer, cache, run_seed, overrides, bar, landed)
             done = len(pending) if executor is not None else 0
