@@ -129,6 +129,9 @@ class ScoringWorker:
 
 
 def _serve(payload: Path, requests: Connection, replies: Connection) -> None:
+    # Below the model loop when CPUs are short: a sample left unscored waits for the last batch,
+    # a slowed model loop delays everything.
+    os.nice(10)
     try:
         with payload.open("rb") as file:
             sys.path[:] = pickle.load(file)  # the evaluating process's: its task's module imports here too
