@@ -254,7 +254,8 @@ def main() -> None:
     os.environ["MLFLOW_TRACKING_URI"] = results_store
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     report("bench_harness", figures, {"device": device_name(args.device), "dtype": args.dtype,
-                                      "samples": str(args.samples)}, f"device {device_name(args.device)} ({args.dtype})")
+                                      "samples": str(args.samples)},
+           f"device {device_name(args.device)} ({args.dtype})")
 
 
 if __name__ == "__main__":

@@ -59,8 +59,9 @@ class ScoringWorker:
         replies_in, replies_out = os.pipe()
         # The worker holds only the ends it uses, so either side dying gives the other an end of
         # file instead of a hang; its own session keeps a Ctrl-C for the evaluating process.
-        self._process = subprocess.Popen([sys.executable, "-m", "umm_harness.scoring_worker", self._payload,
-                                          str(requests_in), str(replies_out)], pass_fds=(requests_in, replies_out), start_new_session=True)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "umm_harness.scoring_worker", self._payload, str(requests_in), str(replies_out)],
+            pass_fds=(requests_in, replies_out), start_new_session=True)
         os.close(requests_in)
         os.close(replies_out)
         self._requests = Connection(requests_out, readable=False)
@@ -193,4 +194,5 @@ def _drain(requests: Connection, inbox: queue.Queue) -> None:
 
 
 if __name__ == "__main__":
-    _serve(Path(sys.argv[1]), Connection(int(sys.argv[2]), writable=False), Connection(int(sys.argv[3]), readable=False))
+    payload_file, requests_fd, replies_fd = sys.argv[1:]
+    _serve(Path(payload_file), Connection(int(requests_fd), writable=False), Connection(int(replies_fd), readable=False))
