@@ -29,6 +29,24 @@ class FailingShapes(ShapesTask):
         return super().score(sample, outputs)
 
 
+class PairedShapes(ShapesTask):
+    """Understanding question i and generation prompt i form one item (a `group`), and a sample's
+    score needs its partner seen (as UEval's image half needs its text half's answer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def samples(self) -> list[Sample]:
+        return [s.model_copy(update={"group": s.id.split("-")[1]}) for s in super().samples()]
+
+    def score_many(self, items: list[tuple[Sample, list[Output]]]) -> list[dict[str, Any]]:
+        self.seen |= {sample.id for sample, _ in items}
+        partner = {"u": "g", "g": "u"}
+        return [{**self.score(sample, outputs), "partner_seen": f"{partner[sample.id[0]]}-{sample.id[2:]}" in self.seen}
+                for sample, outputs in items]
+
+
 def _in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ScoringWorker, "start", classmethod(lambda cls, *args: None))
 
@@ -73,3 +91,10 @@ def test_a_scorer_failure_keeps_every_output_and_every_record_made(tiny_janus, t
     reference = run_benchmark(ShapesTask(), tiny_janus, ResultCache(tmp_path / "reference"), run_seed=0, limit=LIMIT,
                               batch_size=4)
     assert rerun.records == reference.records and rerun.metrics == reference.metrics
+
+
+def test_the_samples_of_one_item_go_to_the_worker_together(tiny_janus, tmp_path):
+    result = run_benchmark(PairedShapes(), tiny_janus, ResultCache(tmp_path / "cache"), run_seed=0, limit=6,
+                           batch_size=2, scorer="paired")
+    assert result.scored == len(result.samples) == 12  # 6 items of two halves
+    assert all(record["partner_seen"] for record in result.records.values())

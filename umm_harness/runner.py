@@ -242,6 +242,7 @@ class _Scoring:
         self.worker: ScoringWorker | None = None
         self._index = {s.id: i for i, s in enumerate(runnable)}
         self._missing: dict[str, int] = {}  # sample id → outputs not cached yet
+        self._groups: dict[str, list[Sample]] = {}  # items not sent to the worker yet, by group
         self._bar = tqdm(total=len(runnable) - len(self.records), desc=f"{task.name}: score", unit="sample",
                          disable=not progress_enabled())
 
@@ -251,22 +252,31 @@ class _Scoring:
             return
         to_score = [s for s in self.runnable if s.id not in self.records]
         self._missing = {s.id: sum((s.id, k) not in self.cache for k in range(s.n)) for s in to_score}
-        self.worker.submit([self._item(s) for s in to_score if not self._missing[s.id]])
+        for sample in to_score:  # the samples of one item (UEval's halves) are scored together
+            self._groups.setdefault(sample.group or sample.id, []).append(sample)
+        self._submit_complete(to_score)
 
-    def _item(self, sample: Sample) -> tuple[int, list[CachedOutput]]:
-        return self._index[sample.id], [self.cache.entry(sample.id, k) for k in range(sample.n)]
+    def _submit_complete(self, samples: list[Sample]) -> None:
+        """To the worker: the groups of `samples` whose every output is cached now, each in sample order."""
+        ready = []
+        for key in dict.fromkeys(s.group or s.id for s in samples):
+            members = self._groups.pop(key, None)
+            if members is None:
+                continue
+            if any(self._missing[s.id] for s in members):
+                self._groups[key] = members
+            else:
+                ready += members
+        self.worker.submit([(self._index[s.id], [self.cache.entry(s.id, k) for k in range(s.n)]) for s in ready])
 
     def landed(self, batch: list[tuple[Sample, int]]) -> None:
-        """A batch of outputs is in the cache: its complete samples go to the worker."""
+        """A batch of outputs is in the cache: the items it completes go to the worker."""
         if self.worker is None:
             return
-        complete = []
         for sample, _ in batch:
             if sample.id in self._missing:
                 self._missing[sample.id] -= 1
-                if not self._missing[sample.id]:
-                    complete.append(sample)
-        self.worker.submit([self._item(s) for s in complete])
+        self._submit_complete([sample for sample, _ in batch if self._missing.get(sample.id) == 0])
         self._keep(self.worker.collect())
 
     def _keep(self, scored: list[tuple[str, dict[str, Any]]]) -> None:
