@@ -48,13 +48,22 @@ def _train_recipe(project: Path, steps: int) -> str:
     return "projects/train_test.yaml"
 
 
-def mlflow_run(project: Path, entry: str, **params: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+def _start_mlflow_run(project: Path, entry: str, cwd: Path, env: dict[str, str] | None = None,
+                     **params: str) -> subprocess.Popen:
+    env = {**os.environ, **(env or {}), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     args = [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
-    done = subprocess.run(["mlflow", "run", str(project), "-e", entry, "--env-manager", "local", *args],
-                          cwd=project.parent, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"mlflow run -e {entry}: {done.stderr[-4000:]}"
-    return done
+    return subprocess.Popen(["mlflow", "run", str(project), "-e", entry, "--env-manager", "local", *args],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finished(process: subprocess.Popen, entry: str) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, f"mlflow run -e {entry}: {stderr[-4000:]}"
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def mlflow_run(project: Path, entry: str, **params: str) -> subprocess.CompletedProcess:
+    return _finished(_start_mlflow_run(project, entry, project.parent, **params), entry)
 
 
 def _eval_parents(client: MlflowClient) -> list:
@@ -159,6 +168,28 @@ def test_a_chain_of_mixed_entry_points_finds_every_run(project):
         ("1", "all"), ("2", "all"), ("2", "generate")]
     train_runs = client.search_runs(["0"], "tags.`umm.stage` = 'train'")
     assert len(train_runs) == 1
+
+
+@pytest.mark.timeout(1200)
+def test_two_mlflow_runs_started_together_on_a_fresh_store_both_finish(project):
+    """MLflow's launcher opens the store before our entry point runs: the store's first use must be
+    serialised inside MLflow itself (`umm_harness.sqlite_store`). Two attempts, each with two
+    `mlflow run . -e eval` on a new store (tests/test_store.py repeats the store opening 20 times)."""
+    for attempt in range(2):
+        folder = project.parent / f"store{attempt}"
+        folder.mkdir()
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        runs = [_start_mlflow_run(project, "eval", folder, env={"MLFLOW_TRACKING_URI": uri}, limit="4")
+                for _ in range(2)]
+        for run in runs:
+            _finished(run, "eval")
+        client = MlflowClient(uri)
+        parents = [r for r in client.search_runs(["0"]) if "umm.benchmark" not in r.data.tags]
+        assert len(parents) == 2 and all(r.info.status == "FINISHED" for r in parents), attempt
+        for parent in parents:
+            (child,) = client.search_runs(["0"], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+            assert child.info.status == "FINISHED" and "shapes/understanding_acc" in child.data.metrics
+        assert [v.version for v in client.search_model_versions(f"name = '{MODEL}'")] == [1]  # same weights
 
 
 def test_a_missing_run_or_version_is_one_line_naming_what_to_run(workspace, capsys):
