@@ -25,18 +25,19 @@ import binascii
 import hashlib
 import io
 import shutil
-from functools import partial
+from functools import partial, wraps
 import sys
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-from mlflow.types.schema import Array
+from mlflow.types.schema import AnyType, Array
 from PIL import Image as PILImage
 from pydantic import BaseModel, ValidationError
 
@@ -55,8 +56,12 @@ SIGNATURE = ModelSignature(
     inputs=Schema([
         ColSpec("string", "task"),
         ColSpec("string", "prompt", required=False),
-        ColSpec(Array("string"), "images", required=False),
-        ColSpec("string", "params", required=False),  # a JSON object: this row's params, seed as given
+        # `images`: a list of base64 images; `params`: this row's params (a JSON object, or its text),
+        # seed as given. Both are declared `Any` so that every payload shape reaches `predict` as
+        # rows: with an `Array` column MLflow turns an `instances` payload into one row of arrays,
+        # and a `string` column turns an object into its Python repr. `predict` checks them itself.
+        ColSpec(AnyType(), "images", required=False),
+        ColSpec(AnyType(), "params", required=False),
     ]),
     outputs=Schema([
         ColSpec("string", "text", required=False),
@@ -276,8 +281,7 @@ class UmmPyfuncModel:
         _check_served_params(base)
         requests = []
         for row_index, row in enumerate(frame.to_dict("records")):
-            images = [_base64_bytes(value, row_index, index)
-                      for index, value in enumerate(_present(row.get("images")) or [])]
+            images = _row_images(row.get("images"), row_index)
             prompt = _present(row.get("prompt"))
             _check_served_row(row_index, prompt, images)
             params = base.model_copy(update={"seed": None if base.seed is None else base.seed + row_index})
@@ -327,6 +331,19 @@ def _present(value: Any) -> Any:
     return None if value is None or (isinstance(value, float) and pd.isna(value)) else value
 
 
+def _row_images(value: Any, row_index: int) -> list[bytes]:
+    """A row's images as bytes: a list of base64 strings (an array, for payloads MLflow turned into arrays)."""
+    value = _present(value)
+    if value is None:
+        return []
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise _invalid(f"row {row_index}: images: expected a list of base64 images, got {type(value).__name__} "
+                       f"{str(value)[:40]!r}")
+    return [_base64_bytes(item, row_index, index) for index, item in enumerate(value)]
+
+
 def _row_params(value: Any, row_index: int) -> InferenceParams:
     try:
         return InferenceParams.model_validate_json(value) if isinstance(value, str) else InferenceParams(**value)
@@ -336,9 +353,31 @@ def _row_params(value: Any, row_index: int) -> InferenceParams:
         raise _invalid(f"row {row_index}: params{where}: {detail['msg'] if detail else exc}") from None
 
 
+def _refuse_deep_json_in_scoring_server() -> None:
+    """MLflow's scoring server (3.17, 3.18) parses a request body with `json.loads` outside its error
+    handling, so a body nested deeper than Python's recursion limit (`[[[[...` 50,000 deep) raises
+    RecursionError and is answered 500. When that server is the one loading this model, its body
+    decoder is wrapped so that such a body is a 400, like any other JSON it cannot read."""
+    server = sys.modules.get("mlflow.pyfunc.scoring_server")
+    decode = getattr(server, "_decode_json_input", None)
+    if decode is None or getattr(decode, "refuses_deep_json", False):
+        return
+
+    @wraps(decode)
+    def decode_or_refuse(json_input: Any) -> Any:
+        try:
+            return decode(json_input)
+        except RecursionError:
+            raise _invalid("the JSON body is nested too deeply to parse (send flat rows)") from None
+
+    decode_or_refuse.refuses_deep_json = True  # type: ignore[attr-defined]
+    server._decode_json_input = decode_or_refuse
+
+
 def _load_pyfunc(path: str, model_config: dict[str, Any] | None = None) -> UmmPyfuncModel:
     """`model_config` (MLflow's, e.g. `SERVING_MODEL_CONFIG` for a scoring server): `device`,
     `threads` (torch CPU threads), `attn_implementation`, `compile`."""
+    _refuse_deep_json_in_scoring_server()
     config = {**LOAD_CONFIG, **(model_config or {})}
     if config["threads"]:
         import torch

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import mlflow
 import pytest
 import requests
 
@@ -68,6 +69,28 @@ def served(model: str, cwd: Path, timeout_s: float = 180, env_manager: str = "lo
     with mlflow_process(["models", "serve", "-m", model, "--env-manager", env_manager], cwd, "/ping", env=env,
                         timeout_s=timeout_s) as (url, _):
         yield url
+
+
+@contextmanager
+def registered_and_served(backbone, name: str, root: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`backbone` registered as `name` version 1 in a store of its own in `root`, then served by
+    `mlflow models serve -m models:/<name>/1`: yields (base URL, process). For module-scoped
+    fixtures, which cannot use a test's `workspace`."""
+    from model_flavors import flavor
+    from tests.conftest import _forget_mlflow_state
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.chdir(root)
+        _forget_mlflow_state()
+        mlflow.set_tracking_uri(uri)
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("serving")):
+            flavor.log_model(backbone, registered_model_name=name)
+        _forget_mlflow_state()
+    with mlflow_process(["models", "serve", "-m", f"models:/{name}/1", "--env-manager", "local"], root, "/ping",
+                        env={"MLFLOW_TRACKING_URI": uri}) as served:
+        yield served
 
 
 def invoke(url: str, records: list[dict], params: dict | None = None) -> requests.Response:
