@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import shutil
@@ -33,6 +34,8 @@ from umm_harness.core.ports import free_port
 from umm_harness.core.training import Encoded
 from training.data import StepOrder
 from training.recipe import TrainRecipe
+
+log = logging.getLogger(__name__)
 
 _TAG_PREFIX = "step"
 
@@ -107,12 +110,37 @@ def process_env() -> Iterator[None]:
                 os.environ[key] = value
 
 
+# The C++ ops DeepSpeed loads when it starts a process group (on CPU: its shared-memory
+# collectives). A pip-installed DeepSpeed compiles them on first use, for minutes, in silence.
+_OPS_AT_INIT = ("ShareMemCommBuilder",)
+
+
+def ops_to_compile() -> list[str]:
+    """The names of the ops `setup_distributed` will compile (neither prebuilt nor in torch's
+    extension cache)."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import installed_ops
+    from deepspeed.ops import __compatible_ops__
+    from torch.utils.cpp_extension import _get_build_directory
+
+    names = []
+    for builder_name in _OPS_AT_INIT:
+        builder = get_accelerator().create_op_builder(builder_name)
+        if builder is None or not __compatible_ops__.get(builder.NAME) or installed_ops.get(builder.NAME):
+            continue
+        if not (Path(_get_build_directory(builder.name, verbose=False)) / f"{builder.name}.so").is_file():
+            names.append(builder.name)
+    return names
+
+
 def setup_distributed(device: str) -> DistInfo:
     """Join (or, for one process, create) the process group DeepSpeed runs in (inside `process_env`)."""
     import deepspeed
     import deepspeed.comm as dist
 
     if not dist.is_initialized():
+        for name in ops_to_compile():
+            log.info("compiling DeepSpeed's %s op: first use on this machine only, it may take a few minutes", name)
         deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", verbose=False)
     info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
     if device == "cuda":

@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
+from tqdm import tqdm
 
 import umm_harness
 from model_flavors import flavor
@@ -54,6 +56,7 @@ from umm_harness.core.errors import ConfigError
 from umm_harness.core.file_lock import exclusive
 from umm_harness.core.training import Trainable
 from umm_harness.model_registry import DIGEST_TAG
+from umm_harness.runner import progress_enabled
 from umm_harness.runs import start_top_level_run, take_project_run
 from umm_harness.tracking import git_commit, log_batch
 
@@ -244,7 +247,8 @@ def _train_session(recipe: TrainRecipe, base: export.BaseVersion, stop_after_ste
             dataset_size=len(frame), checkpoint_dir=str(output_dir), resumed_from_step=start_step,
         )
         try:
-            for record in train_engine.steps(engine, sets, recipe, dist_info, start_step):
+            for record in _with_progress(train_engine.steps(engine, sets, recipe, dist_info, start_step), recipe,
+                                         start_step, dist_info.is_main):
                 result.losses.append(record.loss)
                 result.steps = record.step
                 result.train_seconds += record.seconds
@@ -287,6 +291,18 @@ def _train_session(recipe: TrainRecipe, base: export.BaseVersion, stop_after_ste
             (output_dir / _DONE_FILE).write_text(json.dumps(result.to_json(), indent=1))
         tracker.finish("FINISHED", result)
         return result
+
+
+def _with_progress(records: Iterator[train_engine.StepRecord], recipe: TrainRecipe, start_step: int,
+                   is_main: bool) -> Iterator[train_engine.StepRecord]:
+    """The step records, shown as a bar with the loss (on the main rank, at a terminal, not under CI):
+    it appears before the first step, which may be a long one."""
+    with tqdm(total=recipe.steps, initial=start_step, desc=f"train ({recipe.method})", unit="step",
+              mininterval=0, disable=not (is_main and progress_enabled())) as bar:  # every step is drawn
+        for record in records:
+            bar.set_postfix(loss=f"{record.loss:.4f}", refresh=False)
+            bar.update()
+            yield record
 
 
 def _check_trainable(backbone, objectives: dict[str, float], method: str) -> None:
