@@ -22,6 +22,24 @@ def _quiet_torch():
     torch.set_num_threads(1)  # tiny models run faster on one thread per process (MODELS.md)
 
 
+def tiny_dir(tmp_path_factory, name: str, builder) -> Path:
+    """A tiny model built by `builder` once per test session, shared by every test file that asks for it."""
+    folder = tmp_path_factory.getbasetemp() / "tiny-backbones" / name
+    if not folder.is_dir():
+        builder(folder, seed=0)
+    return folder
+
+
+def tiny_dir_fixture(name: str, builder):
+    """A session fixture giving `tiny_dir(..., name, builder)`: `tiny_x_dir = tiny_dir_fixture("x", build_tiny)`."""
+
+    @pytest.fixture(scope="session")
+    def fixture(tmp_path_factory) -> Path:
+        return tiny_dir(tmp_path_factory, name, builder)
+
+    return fixture
+
+
 @pytest.fixture(scope="session")
 def tiny_janus_dir(tmp_path_factory) -> Path:
     """The tiny Janus-Pro, built once per test session (it is deterministic from its seed)."""

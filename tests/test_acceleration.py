@@ -16,8 +16,8 @@ from model_flavors.emu3 import Emu3
 from model_flavors.emu3 import build_tiny as build_tiny_emu3
 from model_flavors.janus import JanusPro
 from tasks.shapes import ShapesTask
+from tests.conftest import tiny_dir
 from tests.test_cli_errors import _one_line_error, _run_in_process
-from tests.test_emu3 import tiny_dir
 from umm_harness.core.acceleration import flash_attn_installed, select_attn_implementation
 from umm_harness.config import load_recipe
 from umm_harness.core.errors import ConfigError

@@ -3,7 +3,6 @@ save → reload in a fresh process with the same outputs, log → register → l
 `umm eval` on `shapes`, and (slow) `mlflow models serve`."""
 
 from contextlib import ExitStack
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -17,6 +16,7 @@ from model_flavors import flavor, registry
 from model_flavors.diffusers_backbone import DiffusersBackbone, build_tiny, build_tiny_editing
 from model_flavors.emu3 import Emu3
 from model_flavors.emu3 import build_tiny as build_tiny_emu3
+from tests.conftest import tiny_dir
 from tests.reload import assert_reloads_the_same
 from tests.serving import invoke, served
 from umm_harness.config import EvalRecipe
@@ -48,14 +48,6 @@ PARAMS = {"seed": 5, "steps": 3}
 
 def _pixels(encoded: str) -> np.ndarray:
     return np.asarray(decode_image(encoded), dtype=int)
-
-
-def tiny_dir(tmp_path_factory, name: str, builder) -> Path:
-    """One build per test session, shared by every test file that asks for the same tiny model."""
-    folder = tmp_path_factory.getbasetemp() / "tiny-backbones" / name
-    if not folder.is_dir():
-        builder(folder, seed=0)
-    return folder
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))

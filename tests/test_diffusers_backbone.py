@@ -1,7 +1,6 @@
 """The diffusers baselines on tiny random pipelines: text-to-image (SD-style) and InstructPix2Pix."""
 
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,27 +13,15 @@ from model_flavors.diffusers_backbone import (
     build_tiny_editing,
     pipeline_capabilities,
 )
+from tests.conftest import tiny_dir_fixture
+from tests.generation_checks import assert_seeded_per_sample_not_per_batch
 from umm_harness.core.backbone import ModelInfo, UnsupportedTask
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceParams, InferenceRequest
 
 
-def tiny_dir(tmp_path_factory, name: str, builder) -> Path:
-    """One build per test session, shared by every test file that asks for the same tiny model."""
-    folder = tmp_path_factory.getbasetemp() / "tiny-backbones" / name
-    if not folder.is_dir():
-        builder(folder, seed=0)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def tiny_sd_dir(tmp_path_factory) -> Path:
-    return tiny_dir(tmp_path_factory, "diffusers-sd", build_tiny)
-
-
-@pytest.fixture(scope="session")
-def tiny_ip2p_dir(tmp_path_factory) -> Path:
-    return tiny_dir(tmp_path_factory, "diffusers-ip2p", build_tiny_editing)
+tiny_sd_dir = tiny_dir_fixture("diffusers-sd", build_tiny)
+tiny_ip2p_dir = tiny_dir_fixture("diffusers-ip2p", build_tiny_editing)
 
 
 @pytest.fixture(scope="session")
@@ -66,13 +53,8 @@ def test_capabilities_follow_the_pipeline(sd, ip2p):
 
 
 def test_generation_is_seeded_per_sample_not_per_batch(sd):
-    requests = [_generation("a red circle", 1), _generation("two blue squares", 2)]
-    batched = sd.generate(requests)
-    alone = sd.generate([requests[1]])
-    again = sd.generate(requests)
-    assert batched[0].images[0].size == (64, 64)
-    assert np.abs(_pixels(batched[1].images[0]) - _pixels(alone[0].images[0])).max() <= 2  # batch rounding only
-    assert all(x.images[0].tobytes() == y.images[0].tobytes() for x, y in zip(batched, again))
+    batched = assert_seeded_per_sample_not_per_batch(sd, [_generation("a red circle", 1),
+                                                          _generation("two blue squares", 2)])
     other = sd.generate([_generation("a red circle", 99)])
     assert np.abs(_pixels(other[0].images[0]) - _pixels(batched[0].images[0])).max() > 20
     params = batched[0].params

@@ -21,9 +21,9 @@ from PIL import Image
 from tests.conftest import _forget_mlflow_state
 from tests.ui_helpers import (
     browser_page,
-    close_assistant,
     compare_values,
     mlflow_ui,
+    open_page,
     require_chromium,
     screenshot,
     scroll_compare_metrics,
@@ -94,9 +94,7 @@ def store(tmp_path_factory, tiny_janus_dir):
 
 def test_experiment_page_lists_both_eval_runs(store):
     with browser_page() as page:
-        page.goto(f"{store['url']}/#/experiments/{store['experiment_id']}/runs")
-        close_assistant(page)
-        wait_for_text(page, "umm-eval")
+        open_page(page, f"{store['url']}/#/experiments/{store['experiment_id']}/runs", "umm-eval")
         runs = page.get_by_text(f"{MODEL} × shapes", exact=True)
         runs.first.wait_for()
         page.wait_for_function("() => document.body.innerText.includes('matching runs')")
@@ -111,9 +109,8 @@ def test_compare_page_lines_up_the_metric_keys_of_two_eval_runs(store):
     a, b = store["children"]
     ids = json.dumps([a.info.run_id, b.info.run_id], separators=(",", ":"))
     with browser_page(height=1500) as page:
-        page.goto(f"{store['url']}/#/compare-runs?runs={ids}&experiments=[\"{store['experiment_id']}\"]")
-        close_assistant(page)
-        wait_for_text(page, "Run details")
+        open_page(page, f"{store['url']}/#/compare-runs?runs={ids}&experiments=[\"{store['experiment_id']}\"]",
+                  "Run details")
         order = re.search(r"Run ID:\s+([0-9a-f]{32})\s+([0-9a-f]{32})", page.inner_text("body"))
         assert order, "the run ID row is missing"
         columns = [a if run_id == a.info.run_id else b for run_id in order.groups()]
@@ -165,9 +162,7 @@ def test_a_runs_generated_images_load(store):
         base = f"{store['url']}/#/experiments/{store['experiment_id']}/runs/{child.info.run_id}/artifacts"
         for name in (files[0], files[len(files) // 2], files[-1]):
             page.goto("about:blank")  # a full load each time: a hash change alone keeps the old selection
-            page.goto(f"{base}/images/shapes/{name}")
-            close_assistant(page)
-            wait_for_text(page, f"images/shapes/{name}")
+            open_page(page, f"{base}/images/shapes/{name}", f"images/shapes/{name}")
             page.wait_for_function(
                 "() => [...document.images].some(i => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0)")
             width, height, *sums = _pixel_sums_in_browser(page)
@@ -189,9 +184,8 @@ def test_a_runs_per_sample_table(store):
                                                 tracking_uri=store["uri"])
     rows = [json.loads(line) for line in Path(jsonl).read_text().splitlines()]
     with browser_page() as page:
-        page.goto(f"{store['url']}/#/experiments/{store['experiment_id']}/runs/{child.info.run_id}"
-                  "/artifacts/samples/shapes_table.json")
-        close_assistant(page)
+        open_page(page, f"{store['url']}/#/experiments/{store['experiment_id']}/runs/{child.info.run_id}"
+                        "/artifacts/samples/shapes_table.json")
         table = page.get_by_role("table").first
         table.wait_for()
         headers = [h.strip() for h in table.get_by_role("columnheader").all_inner_texts()]
@@ -206,9 +200,7 @@ def test_a_runs_per_sample_table(store):
 
 def test_registered_model_page_shows_versions_and_the_champion_alias(store):
     with browser_page() as page:
-        page.goto(f"{store['url']}/#/models/{MODEL}")
-        close_assistant(page)
-        wait_for_text(page, "Version 1")
+        open_page(page, f"{store['url']}/#/models/{MODEL}", "Version 1")
         wait_for_text(page, "Version 2")
         # (by the row's start: a description may mention another version)
         v1 = page.get_by_role("row", name=re.compile(r"^Version 1\b"))
@@ -227,14 +219,11 @@ def test_the_printed_link_opens_the_experiment_in_the_model_training_view(store)
     run_id = store["parents"][0]
     assert address.endswith(f"#/experiments/{store['experiment_id']}/runs/{run_id}{MODEL_TRAINING_VIEW}")
     with browser_page() as page:
-        page.goto(store["url"] + "/" + address.split("/", 3)[3])
-        close_assistant(page)
-        wait_for_text(page, f"{MODEL} × shapes")
+        open_page(page, store["url"] + "/" + address.split("/", 3)[3], f"{MODEL} × shapes")
         assert run_id in page.inner_text("body")
         # The experiment itself, through the same view: its runs table, the model-training side bar.
         page.goto("about:blank")
-        page.goto(f"{store['url']}/#/experiments/{store['experiment_id']}{MODEL_TRAINING_VIEW}")
-        close_assistant(page)
+        open_page(page, f"{store['url']}/#/experiments/{store['experiment_id']}{MODEL_TRAINING_VIEW}")
         page.wait_for_url(re.compile(r".*/runs\?.*workflowType=machine_learning"))
         page.wait_for_function("() => document.body.innerText.includes('matching runs')")
         nav = page.inner_text("body")
@@ -251,9 +240,8 @@ def test_logged_models_show_each_versions_scores_side_by_side(store):
     v1, v2 = store["scores"]["1"], store["scores"]["2"]
     assert {"shapes/understanding_acc", "shapes/generation_overall"} <= set(v1) & set(v2)
     with browser_page() as page:
-        page.goto(f"{store['url']}/#/experiments/{store['experiment_id']}/models{MODEL_TRAINING_VIEW}")
-        close_assistant(page)
-        wait_for_text(page, "shapes/understanding_acc")
+        open_page(page, f"{store['url']}/#/experiments/{store['experiment_id']}/models{MODEL_TRAINING_VIEW}",
+                  "shapes/understanding_acc")
         rows = page.get_by_role("row")
         for version, scores in (("1", v1), ("2", v2)):
             row = rows.filter(has_text=f"v{version}").first
@@ -262,10 +250,8 @@ def test_logged_models_show_each_versions_scores_side_by_side(store):
             assert _as_shown(scores["shapes/understanding_acc"]) in row.inner_text(), row.inner_text()
         screenshot(page, "07_logged_models_scores")
         page.goto("about:blank")
-        page.goto(f"{store['url']}/#/experiments/{store['experiment_id']}/models/{store['model_ids']['2']}"
-                  f"{MODEL_TRAINING_VIEW}")
-        close_assistant(page)
-        wait_for_text(page, "shapes/understanding_acc")
+        open_page(page, f"{store['url']}/#/experiments/{store['experiment_id']}/models/{store['model_ids']['2']}"
+                        f"{MODEL_TRAINING_VIEW}", "shapes/understanding_acc")
         text = page.inner_text("body")
         for key in ("shapes/understanding_acc", "shapes/generation_overall"):
             assert key in text
@@ -276,9 +262,7 @@ def test_logged_models_show_each_versions_scores_side_by_side(store):
 def test_a_version_page_says_its_lineage_scores_and_deltas(store):
     comparison = store["comparison"]
     with browser_page() as page:
-        page.goto(f"{store['url']}/#/models/{MODEL}/versions/2")
-        close_assistant(page)
-        wait_for_text(page, "Version 2")
+        open_page(page, f"{store['url']}/#/models/{MODEL}/versions/2", "Version 2")
         page.get_by_text("Against version 1 on shapes", exact=False).first.wait_for()
         text = page.inner_text("body")
         assert "Evaluated as registered from" in text
@@ -290,9 +274,8 @@ def test_a_version_page_says_its_lineage_scores_and_deltas(store):
 def test_the_comparison_run_links_the_runs_it_compared(store):
     comparison = store["comparison"]
     with browser_page() as page:
-        page.goto(f"{store['url']}/#/experiments/{store['experiment_id']}/runs/{comparison.run_id}{MODEL_TRAINING_VIEW}")
-        close_assistant(page)
-        wait_for_text(page, "Evaluation runs compared:")
+        open_page(page, f"{store['url']}/#/experiments/{store['experiment_id']}/runs/{comparison.run_id}"
+                        f"{MODEL_TRAINING_VIEW}", "Evaluation runs compared:")
         more = page.get_by_text("Show more", exact=True)
         if more.count():
             more.first.click()

@@ -69,6 +69,14 @@ def wait_for_text(page, text: str, timeout: int = TIMEOUT_MS) -> None:
     page.get_by_text(text, exact=True).first.wait_for(state="visible", timeout=timeout)
 
 
+def open_page(page, url: str, until: str | None = None) -> None:
+    """Go to `url` with the assistant panel closed, and wait for `until` to show, if given."""
+    page.goto(url)
+    close_assistant(page)
+    if until is not None:
+        wait_for_text(page, until)
+
+
 def close_assistant(page) -> None:
     """MLflow 3.17 opens an "MLflow Assistant" side panel; close it so it does not cover the page."""
     button = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]')
