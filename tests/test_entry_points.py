@@ -204,3 +204,13 @@ def test_a_missing_run_or_version_is_one_line_naming_what_to_run(workspace, caps
         err = capsys.readouterr().err
         assert exited.value.code == 2 and err.startswith("umm: error:") and err.count("\n") == 1, err
         assert hint in err, err
+
+
+def test_a_tracked_inference_is_a_run_in_the_current_experiment(workspace, capsys):
+    out = workspace / "circle.png"
+    main(["infer", "--task", "generation", "--prompt", "a red circle", "--seed", "3", "--out", str(out), "--track"])
+    (run,) = MlflowClient().search_runs(["0"], "tags.`umm.stage` = 'infer'")  # Default, like every other command
+    assert run.data.params["task"] == "generation" and run.data.tags["umm.backbone"] == "janus_pro"
+    assert MlflowClient().get_experiment("0").tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    assert [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "images")] == ["images/output_0.png"]
+    assert out.is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlflow
 
 from umm_harness.model_ref import resolve_model
+from umm_harness.runs import start_top_level_run
 from umm_harness.core.requests import InferenceRequest, InferenceResult
 from umm_harness.tracking import log_batch
 
@@ -18,8 +19,8 @@ def infer(reference: str, request: InferenceRequest, *, backbone: str | None = N
     finally:
         model.close()
     if track:
-        mlflow.set_experiment("umm-infer")
-        with mlflow.start_run(run_name=f"infer {request.task}"):
+        # The one run layout (runs.py): the experiment the user chose, else the current one.
+        with start_top_level_run(f"infer {request.task}"):
             log_batch(params={"model": reference, "task": request.task, "prompt": (request.prompt or "")[:500],
                               **{f"params.{k}": str(v) for k, v in result.params.model_dump(exclude_none=True).items()}},
                       tags={"umm.backbone": model.backbone.key, "umm.stage": "infer",
