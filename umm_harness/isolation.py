@@ -40,11 +40,12 @@ from typing import Any, get_args
 import requests
 from PIL import Image
 
-from umm_harness.core.backbone import EnvManager, ModelInfo, UnsupportedTask
+from umm_harness.core.backbone import EnvManager, ModelInfo, TaskBatches
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.home import umm_home
 from umm_harness.core.ports import free_port
-from umm_harness.core.requests import InferenceParams, InferenceRequest, InferenceResult, decode_image, encode_png
+from umm_harness.core.requests import (InferenceParams, InferenceRequest, InferenceResult, TaskKind, decode_image,
+                                       encode_png)
 
 log = logging.getLogger(__name__)
 
@@ -247,26 +248,17 @@ def _png(value: str, row_index: int) -> Image.Image:
         raise ServedModelError(f"row {row_index}: the server answered an image that is not base64 PNG ({exc})") from None
 
 
-class ServedBackbone:
+class ServedBackbone(TaskBatches):
     """The harness's side of a served model: the backbone contract (`key`, `capabilities`, `run`),
     each batch one request to the model's scoring server."""
 
     attn_implementation: str | None = None  # chosen inside the model's environment
     compiled: bool = False
 
-    def __init__(self, server: ModelServer, key: str, capabilities: frozenset[str], info: ModelInfo):
+    def __init__(self, server: ModelServer, key: str, capabilities: frozenset[TaskKind], info: ModelInfo):
         self.server, self.key, self.capabilities, self.info = server, key, capabilities, info
 
-    def check_supports(self, task: str) -> None:
-        if task not in self.capabilities:
-            raise UnsupportedTask(self.key, task, self.capabilities)
-
-    def run(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
-        tasks = {r.task for r in requests}
-        if len(tasks) != 1:
-            raise ValueError(f"a batch must hold one task kind, got {sorted(tasks)}")
-        task = tasks.pop()
-        self.check_supports(task)
+    def run_task(self, task: TaskKind, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
         frame = {"columns": ["task", "prompt", "images", "params"],
                  "data": [[r.task, r.prompt, [encode_png(image, compress_level=1) for image in r.images],
                            r.params.model_dump_json(exclude_none=True)] for r in requests]}

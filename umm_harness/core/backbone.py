@@ -62,7 +62,31 @@ class ModelInfo(BaseModel):
     dtype: str = "float32"
 
 
-class Backbone(ABC):
+class TaskBatches(ABC):
+    """What the runner calls on any backbone, loaded here or served from its own environment: `run`
+    of a batch of one task kind, checked against `capabilities` before any work starts."""
+
+    key: str
+    capabilities: frozenset[TaskKind]
+
+    def check_supports(self, task: str) -> None:
+        if task not in self.capabilities:
+            raise UnsupportedTask(self.key, task, self.capabilities)
+
+    def run(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
+        tasks = {r.task for r in requests}
+        if len(tasks) != 1:
+            raise ValueError(f"a batch must hold one task kind, got {sorted(tasks)}")
+        task = tasks.pop()
+        self.check_supports(task)
+        return self.run_task(task, requests)
+
+    @abstractmethod
+    def run_task(self, task: TaskKind, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
+        """Answer a batch of `task` requests (the task is supported)."""
+
+
+class Backbone(TaskBatches):
     key: ClassVar[str]
     capabilities: ClassVar[frozenset[TaskKind]]
     # What `umm models list` prints: how the model runs and what it needs installed.
@@ -127,17 +151,7 @@ class Backbone(ABC):
     def edit(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
         raise UnsupportedTask(self.key, "editing", self.capabilities)
 
-    def check_supports(self, task: str) -> None:
-        if task not in self.capabilities:
-            raise UnsupportedTask(self.key, task, self.capabilities)
-
-    def run(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
-        """Dispatch a batch of same-task requests to the matching method."""
-        tasks = {r.task for r in requests}
-        if len(tasks) != 1:
-            raise ValueError(f"a batch must hold one task kind, got {sorted(tasks)}")
-        task = tasks.pop()
-        self.check_supports(task)
+    def run_task(self, task: TaskKind, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
         method = {"understanding": self.understand, "generation": self.generate, "editing": self.edit}[task]
         return method(requests)
 
