@@ -1,27 +1,26 @@
 """Upstream backbones in their own MLflow-built environments, end to end through the real CLI.
 
 For each model — a tiny random-weight instance of its real classes (BAGEL, OmniGen2, MMaDA and
-Show-o on their authors' code from ../shared/upstream; BLIP3o-NEXT on its native parts) — `umm eval
---env-manager uv` on `shapes` runs the model behind `mlflow models serve` in the environment uv
-builds from the model's own requirements, and gives the same metrics and the same outputs (texts,
-seeds, image bytes) as `umm eval --env-manager local`. The version it registers carries its
-environment and the upstream checkout at the pinned commit; a fresh server of that version finds
-the environment by its hash, answers plain pyfunc JSON, and (editing models) edits.
+Show-o on their authors' code from ../shared/upstream; BLIP3o-NEXT on its native parts) — an
+evaluation on `shapes` in this process (`--env-manager local`) logs the model with its environment
+and the upstream checkout at the pinned commit, and registers it. Then `umm eval --env-manager uv`
+of that registered version, in a fresh process, runs it behind `mlflow models serve` in the
+environment uv builds from the model's own requirements, and gives the same metrics and the same
+outputs (texts, seeds, image bytes). An editing model also edits there.
 
 Environments are MLflow's, under its own cache: the first run on a machine builds each one (MMaDA
-and Show-o share theirs: their requirements are the same); later runs reuse them. Each case logs
-its build or reuse time and its whole time (`pytest -s` shows them)."""
+and Show-o share theirs: their requirements are the same); later runs find them by their hash.
+Each case prints its times (`pytest -s` shows them)."""
 
 from __future__ import annotations
 
 import json
-import logging
+import sys
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
-import requests
 import yaml
 from PIL import Image
 
@@ -34,12 +33,13 @@ from model_flavors.show_o import ShowO
 from tests.conftest import REPO, umm
 from umm_harness.cache import ResultCache
 from umm_harness.core.home import umm_home
-from umm_harness.core.requests import InferenceParams, InferenceRequest, encode_png
+from umm_harness.config import EvalRecipe
+from umm_harness.core.requests import InferenceParams, InferenceRequest
+from umm_harness.evaluate import evaluate
 from umm_harness.model_ref import resolve_model
 from umm_harness.tracking import official
 
 pytestmark = pytest.mark.slow
-log = logging.getLogger(__name__)
 UPSTREAM = REPO.parent / "shared" / "upstream"
 # name: (adapter class, tiny builder, checkout folder or None for a native-parts model)
 CASES = {
@@ -49,24 +49,31 @@ CASES = {
     "show-o": (ShowO, show_o.build_tiny, "show-o"),
     "blip3o-next": (Blip3oNext, blip3o_next.build_tiny, None),
 }
-PARAMS = {"steps": 2, "max_new_tokens": 4}
+PARAMS = InferenceParams(steps=2, max_new_tokens=4)  # few diffusion steps, short answers
+SETTINGS = {"suite": "shapes", "limit": 2, "seed": 1, "batch_size": 4, "threads": 1}
 
 
-def _recipe(path: Path, model: Path, checkout: Path | None, env_manager: str, register_as: str) -> Path:
-    recipe = {"model": str(model), "suite": "shapes", "limit": 2, "seed": 1, "batch_size": 4, "threads": 1,
-              "params": PARAMS, "env_manager": env_manager, "register_as": register_as,
-              "backbone_options": {"repo_path": str(checkout)} if checkout else {}}
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+def _eval_run(name: str, exclude: str) -> mlflow.entities.Run:
+    """The parent run of the one evaluation of `name` version 1 that is not `exclude`."""
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string=f"tags.`umm.model_uri` = 'models:/{name}/1'")
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags and run.info.run_id != exclude]
+    return parent
 
 
-def _eval_run(register_as: str) -> mlflow.entities.Run:
-    version = mlflow.MlflowClient().get_model_version(register_as, "1")
-    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                filter_string=f"tags.`umm.model_uri` = 'models:/{register_as}/1' "
-                                              "and tags.`umm.suite` = 'shapes'")
-    assert version.run_id
-    return run
+def _environment_line(stderr: str) -> str:
+    """What the isolated run said about its environment (built or reused, and how long it took)."""
+    lines = [line for line in stderr.splitlines() if "answers at" in line or "environment" in line.lower()]
+    return lines[-1].strip() if lines else "(the run said nothing about its environment)"
+
+
+def _forget_bagel_modules() -> None:
+    """BAGEL's adapter imports its checkout's top-level packages (`modeling`, `data`, ...) in this
+    process; other tests' stand-ins use the same names."""
+    for module in [n for n in sys.modules if n.split(".")[0] in ("inferencer", "data", "modeling")]:
+        del sys.modules[module]
+    for path in [p for p in sys.path if p.startswith(str(UPSTREAM))]:
+        sys.path.remove(path)
 
 
 def _outputs(cache_root: Path) -> dict:
@@ -87,26 +94,16 @@ def test_an_upstream_backbone_runs_end_to_end_in_its_own_uv_environment(name, wo
     started = time.perf_counter()
     folder = tmp_path / f"tiny-{name}"
     build_tiny(folder, seed=0, **({"repo_path": checkout} if checkout else {}))
-
-    local = umm("eval", "--recipe", str(_recipe(tmp_path / "local.yaml", folder, checkout, "local", f"{name}-local")),
-                cwd=workspace, timeout=600)
-    assert local.returncode == 0, local.stderr[-3000:]
-    (umm_home() / "cache").rename(umm_home() / "cache-local")  # the isolated run computes every output again
-    isolated = umm("eval", "--recipe", str(_recipe(tmp_path / "uv.yaml", folder, checkout, "uv", f"{name}-uv")),
-                   cwd=workspace, timeout=1200)
-    assert isolated.returncode == 0, isolated.stderr[-3000:]
-    eval_s = time.perf_counter() - started
-
-    # Same metrics, same outputs, from the model's own environment.
-    here, there = _eval_run(f"{name}-local"), _eval_run(f"{name}-uv")
-    assert there.data.tags["umm.env_manager"] == "uv" and there.data.tags["umm.backbone"] == cls.key
-    assert official(there.data.metrics) == official(here.data.metrics)
-    assert there.data.metrics["shapes/failed_samples"] == 0
-    local_outputs, isolated_outputs = _outputs(umm_home() / "cache-local"), _outputs(umm_home() / "cache")
-    assert isolated_outputs == local_outputs and len(local_outputs) >= 2
+    try:
+        local = evaluate(EvalRecipe(**SETTINGS, model=str(folder), params=PARAMS, env_manager="local",
+                                    register_as=f"{name}-tiny",
+                                    backbone_options={"repo_path": str(checkout)} if checkout else {}))
+    finally:
+        _forget_bagel_modules()
+    local_s = time.perf_counter() - started
 
     # The registered version carries its environment and its code (the checkout at the pinned commit).
-    model = Path(mlflow.artifacts.download_artifacts(f"models:/{name}-uv/1"))
+    model = Path(mlflow.artifacts.download_artifacts(f"models:/{name}-tiny/1"))
     requirements = (model / "requirements.txt").read_text().split()
     assert all(pin in requirements for pin in cls.pip_requirements)
     conf = yaml.safe_load((model / "MLmodel").read_text())["flavors"]["umm"]
@@ -116,26 +113,30 @@ def test_an_upstream_backbone_runs_end_to_end_in_its_own_uv_environment(name, wo
     else:
         assert conf["upstream"] is None
 
-    # A fresh server of the registered version reuses the environment and answers what a user of
-    # `mlflow models serve` sends; an editing model edits there.
-    served = resolve_model(f"models:/{name}-uv/1", env_manager="uv").backbone.loaded()
-    try:
-        assert not served.server.built and Path(served.server.environment).is_dir()
-        task = sorted(cls.capabilities)[0]
-        row = {"task": task, "prompt": "a red circle",
-               "images": [encode_png(Image.new("RGB", (64, 64), "red"))] if task == "understanding" else []}
-        plain = requests.post(f"{served.server.url}/invocations", timeout=300,
-                              json={"dataframe_records": [row], "params": {"seed": 3, **PARAMS}})
-        assert plain.status_code == 200, plain.text[-2000:]
-        answer = plain.json()["predictions"][0]
-        assert answer["text"] if task == "understanding" else answer["images"]
-        if "editing" in cls.capabilities:
+    # The same evaluation of the registered version, in a fresh process, the model in its own environment.
+    (umm_home() / "cache").rename(umm_home() / "cache-local")  # so every output is computed again
+    recipe = tmp_path / "uv.yaml"
+    recipe.write_text(yaml.safe_dump({**SETTINGS, "model": f"models:/{name}-tiny/1", "env_manager": "uv",
+                                      "params": PARAMS.model_dump(exclude_none=True)}))
+    isolated = umm("eval", "--recipe", str(recipe), cwd=workspace, timeout=1200)
+    assert isolated.returncode == 0, isolated.stderr[-3000:]
+    uv_s = time.perf_counter() - started - local_s
+    there = _eval_run(f"{name}-tiny", exclude=local.run_id)
+    assert there.data.tags["umm.env_manager"] == "uv" and there.data.tags["umm.backbone"] == cls.key
+    assert official(there.data.metrics) == official(local.metrics)
+    assert there.data.metrics["shapes/failed_samples"] == 0
+    local_outputs, isolated_outputs = _outputs(umm_home() / "cache-local"), _outputs(umm_home() / "cache")
+    assert isolated_outputs == local_outputs and len(local_outputs) >= 2
+
+    if "editing" in cls.capabilities:  # a fresh server of the version finds its environment by its hash
+        served = resolve_model(f"models:/{name}-tiny/1", env_manager="uv").backbone.loaded()
+        try:
+            assert not served.server.built and Path(served.server.environment).is_dir()
             (edited,) = served.run([InferenceRequest(task="editing", prompt="make it blue",
-                                                     images=[Image.new("RGB", (64, 64), "red")],
-                                                     params=InferenceParams(seed=4, **PARAMS))])
+                                                     images=[Image.new("RGB", (64, 48), "red")],
+                                                     params=PARAMS.model_copy(update={"seed": 4}))])
             assert edited.images and edited.params.seed == 4
-    finally:
-        served.close()
-    log.warning("%s: eval local + uv %.0f s (environment %s in %.0f s: %s); whole case %.0f s", name, eval_s,
-                "reused" if "already exists" in isolated.stderr else "built", served.server.environment_s or 0,
-                served.server.environment, time.perf_counter() - started)
+        finally:
+            served.close()
+    print(f"\n{name}: local eval {local_s:.0f} s, uv eval (CLI) {uv_s:.0f} s, whole case "
+          f"{time.perf_counter() - started:.0f} s; {_environment_line(isolated.stderr)}")

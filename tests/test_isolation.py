@@ -222,3 +222,34 @@ def test_an_environment_that_cannot_be_built_is_a_clear_error(tmp_path, tiny_jan
         isolation.serve_backbone(str(tmp_path / "model"), "uv", conf)
     assert not any((tmp_path / "envs").iterdir())  # MLflow removed the half-built environment
     shutil.rmtree(tmp_path / "envs")
+
+
+@pytest.mark.slow
+def test_training_runs_in_the_models_own_environment_and_registers_the_next_version(workspace, tiny_janus, tmp_path):
+    """`umm train --env-manager uv`: MLflow builds the base model's environment (its pins, plus the
+    harness's training requirements it does not pin), the workers run there, and the result is the
+    same training as in the harness's own environment."""
+    from training.recipe import train_recipe
+    from training.run import train
+    from umm_harness.core.home import umm_home
+    from tests.conftest import umm
+
+    with mlflow.start_run():
+        flavor.log_model(tiny_janus, registered_model_name="janus-pro-tiny")
+    fixed = {"model": "models:/janus-pro-tiny/1", "steps": 3, "batch_size": 4, "lr": 2e-3, "warmup_steps": 0,
+             "cfg_dropout": 0.0, "data": {"num_understanding": 4, "num_generation": 4}, "checkpoint_every": 0,
+             "threads": 1, "alias": None}
+    local = train(train_recipe(**fixed, env_manager="local"))
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(yaml.safe_dump({**fixed, "output_dir": str(umm_home() / "train-isolated")}))
+
+    ran = umm("train", "--recipe", str(recipe), "--env-manager", "uv", cwd=workspace, timeout=900)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "janus-pro-tiny version 3 (from version 1)" in ran.stdout
+    version = mlflow.MlflowClient().get_model_version("janus-pro-tiny", "3")
+    run = mlflow.get_run(version.tags["umm.train_run_id"])
+    assert run.data.tags["umm.env_manager"] == "uv"
+    environment = Path(run.data.tags["umm.python_prefix"])
+    assert environment.name.startswith("mlflow-") and environment != Path(sys.prefix)  # MLflow's, by its hash
+    losses = [m.value for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss")]
+    assert losses == pytest.approx(local.losses, rel=1e-4)

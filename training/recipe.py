@@ -150,6 +150,9 @@ class TrainRecipe(BaseModel):
     launcher: Literal["torchrun", "deepspeed"] = "torchrun"
     threads: int | None = Field(default=None, ge=1)  # torch threads per process; None: torch's own (cores / nproc
     # under the launcher). Tiny models train faster on 1 thread than on 2 on a 2-core machine.
+    # Where the workers run: "local" in the harness's environment; "uv" / "virtualenv" in the base
+    # model's own environment, built by MLflow (training.launch); None: what the base was logged with.
+    env_manager: Literal["local", "uv", "virtualenv"] | None = None
 
     # checkpoints, export and tracking
     output_dir: Path | None = None  # checkpoints; default $UMM_HOME/train/<name>-<recipe key>
@@ -277,7 +280,7 @@ class TrainRecipe(BaseModel):
         """A short hash of everything that shapes the loss curve (not where or how it is logged)."""
         values = self.model_dump(mode="json", exclude={
             "output_dir", "checkpoint_every", "keep_checkpoints", "resume", "export_every_checkpoint", "alias",
-            "experiment", "log_every", "threads", "launcher",
+            "experiment", "log_every", "threads", "launcher", "env_manager",
         })
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 

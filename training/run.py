@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -118,6 +119,12 @@ def check_base(recipe: TrainRecipe) -> export.BaseVersion:
     return export.BaseVersion(name, str(mv.version), mv.tags.get(DIGEST_TAG) or str(mv.source))
 
 
+def _logged_env_manager(base: export.BaseVersion) -> str:
+    """Where the base version runs when the recipe does not say: what it was logged with."""
+    mlmodel = mlflow.artifacts.download_artifacts(f"models:/{base.name}/{base.version}/MLmodel")
+    return flavor.flavor_conf(Path(mlmodel).parent).get("env_manager") or "local"
+
+
 def default_output_dir(recipe: TrainRecipe, base: export.BaseVersion) -> Path:
     key = hashlib.sha256(f"{recipe.curve_key()}:{base.identity}".encode()).hexdigest()[:12]
     return umm_home() / "train" / f"{base.name}-v{base.version}-{recipe.method}-{key}"
@@ -135,10 +142,15 @@ def train(recipe: TrainRecipe, *, stop_after_step: int | None = None) -> TrainRe
     base = check_base(recipe)
     if os.environ.get(WORKER_ENV) == "1":  # a rank the launcher below started: it holds the lock
         return _train_in_process(recipe, base, stop_after_step)
+    recipe = recipe.model_copy(update={"env_manager": recipe.env_manager or _logged_env_manager(base)})
     # One training per checkpoint folder at a time: a second identical one waits, then reuses the result.
     output_dir = Path(recipe.output_dir or default_output_dir(recipe, base)).expanduser().resolve()
     with exclusive(output_dir.with_name(output_dir.name + ".lock"),
                    waiting=f"another training is using {output_dir}; waiting for it to finish"):
+        if recipe.env_manager != "local":
+            from training.launch import launch_in_environment
+
+            return launch_in_environment(recipe, stop_after_step=stop_after_step)
         if recipe.nproc > 1:
             from training.launch import launch_workers
 
@@ -377,6 +389,7 @@ class _Tracker:
             "umm.git_commit": git_commit(), "umm.harness_version": umm_harness.__version__,
             "umm.checkpoint_dir": str(output_dir), "umm.resumed_from_step": str(start_step),
             **export.method_tags(recipe),
+            "umm.env_manager": recipe.env_manager or "local", "umm.python_prefix": sys.prefix,
         })
         if not existing:
             mlflow.log_dict(recipe.model_dump(mode="json"), "recipe.yaml")

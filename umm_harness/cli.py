@@ -213,6 +213,9 @@ def infer_command(model: str, backbone: str | None, task_kind: str, prompt: str 
 @click.option("--zero-stage", type=int)
 @click.option("--nproc", type=int, help="Ranks on this machine (torchrun / deepspeed launcher).")
 @click.option("--seed", type=int)
+@click.option("--env-manager", type=click.Choice(["local", "uv", "virtualenv"]),
+              help="Train in this process's environment (local) or in the model's own, built by MLflow "
+                   "(default: what the model was logged with).")
 def train_command(recipe: str | None, **flags: Any) -> None:
     """Post-train a registered model with DeepSpeed; register the result as its next version."""
     from training.recipe import TrainRecipe

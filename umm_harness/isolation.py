@@ -22,10 +22,12 @@ import atexit
 import base64
 import binascii
 import ctypes
+import hashlib
 import json
 import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -35,7 +37,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import requests
 from PIL import Image
@@ -46,6 +48,9 @@ from umm_harness.core.home import umm_home
 from umm_harness.core.ports import free_port
 from umm_harness.core.requests import (InferenceParams, InferenceRequest, InferenceResult, TaskKind, decode_image,
                                        encode_png)
+
+if TYPE_CHECKING:
+    from mlflow.utils.environment import Environment
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,43 @@ def pip_sources_for_uv() -> dict[str, str]:
     return variables
 
 
+def manager_variables(env_manager: str) -> dict[str, str]:
+    """What MLflow's environment manager needs from this process: `uv` (beside this interpreter) on
+    PATH, and for uv the package sources pip is configured with."""
+    bin_dir = Path(sys.executable).parent
+    variables = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {**variables, **(pip_sources_for_uv() if env_manager == "uv" else {})}
+
+
+def prepare_environment(model_dir: Path, env_manager: str, *, purpose: str,
+                        extra_requirements: Sequence[str] = ()) -> Environment:
+    """MLflow's environment for the model in `model_dir` (its `python_env.yaml`), with
+    `extra_requirements` installed on top, built by `env_manager` on first use and found by its hash
+    afterwards: the same call `mlflow models serve` makes, with `purpose` and a digest of the extra
+    requirements as MLflow's `env_id` (part of the hash), so it never reuses the serving environment
+    without them. The build's output (uv's or pip's progress) goes to this process's stderr."""
+    from mlflow.utils.environment import Environment
+    from mlflow.utils.virtualenv import _get_or_create_virtualenv
+
+    if env_manager not in ("uv", "virtualenv"):
+        raise ConfigError(f"env manager '{env_manager}': a model's own environment is built by uv or virtualenv")
+    digest = hashlib.sha256("\n".join(sorted(extra_requirements)).encode()).hexdigest()[:12]
+    variables = manager_variables(env_manager)
+    started = time.perf_counter()
+    log.info("preparing the %s environment of %s for %s (a first use builds it)", env_manager, model_dir, purpose)
+    try:
+        activate = _get_or_create_virtualenv(model_dir, env_id=f"umm-{purpose}-{digest}", env_manager=env_manager,
+                                             # MLflow joins them into one shell line unquoted ("a>=1" would redirect)
+                                             pip_requirements_override=[shlex.quote(r) for r in extra_requirements] or None,
+                                             extra_envs=dict(variables))
+    except Exception as exc:  # MLflow's ShellCommandException; the installer's own output is above
+        lines = str(exc).strip().splitlines()
+        raise EnvironmentBuildError(f"{model_dir}: its {env_manager} environment for {purpose} could not be built: "
+                                    f"{lines[-1] if lines else type(exc).__name__} (the installer's output is above)") from None
+    log.info("the %s environment for %s is ready after %.1f s", env_manager, purpose, time.perf_counter() - started)
+    return Environment(activate, extra_env=variables)
+
+
 def _end_with_parent() -> None:
     """Run in the server's process before it starts: it gets SIGTERM when the thread that started it
     ends, even if the harness is killed (Linux; MLflow passes this on to the scoring server it starts)."""
@@ -124,20 +166,17 @@ class ModelServer:
         if env_manager not in ("uv", "virtualenv"):
             raise ConfigError(f"env manager '{env_manager}': a served model needs uv or virtualenv")
         port = free_port()
-        bin_dir = Path(sys.executable).parent
-        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        env = {**os.environ, **manager_variables(env_manager),
                "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S),
                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
                # MLflow's INFO lines say whether the environment was built or reused (read below),
                # whatever level the calling command quietened MLflow's own logging to
                "MLFLOW_LOGGING_LEVEL": "INFO",
                "SERVING_MODEL_CONFIG": json.dumps(model_config or {})}
-        if env_manager == "uv":
-            env.update(pip_sources_for_uv())
         log_dir = umm_home() / "servers"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{re.sub(r'[^A-Za-z0-9.-]+', '_', uri)}-{port}.log"
-        command = [str(bin_dir / "mlflow"), "models", "serve", "-m", uri, "--env-manager", env_manager,
+        command = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", uri, "--env-manager", env_manager,
                    "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         log.info("starting %s in its own environment (%s); a first start builds it — log: %s",
                  uri, env_manager, log_path)
@@ -287,6 +326,4 @@ def serve_backbone(uri: str, env_manager: str, conf: dict[str, Any], *, device: 
 
 
 if __name__ == "__main__":  # eval "$(python -m umm_harness.isolation)" before `mlflow models serve --env-manager uv`
-    import shlex
-
     print("\n".join(f"export {name}={shlex.quote(value)}" for name, value in pip_sources_for_uv().items()))
