@@ -236,7 +236,7 @@ def test_training_runs_in_the_models_own_environment_and_registers_the_next_vers
 
     with mlflow.start_run():
         flavor.log_model(tiny_janus, registered_model_name="janus-pro-tiny")
-    fixed = {"model": "models:/janus-pro-tiny/1", "steps": 3, "batch_size": 4, "lr": 2e-3, "warmup_steps": 0,
+    fixed = {"model": "models:/janus-pro-tiny/1", "steps": 2, "batch_size": 4, "lr": 2e-3, "warmup_steps": 0,
              "cfg_dropout": 0.0, "data": {"num_understanding": 4, "num_generation": 4}, "checkpoint_every": 0,
              "threads": 1, "alias": None}
     local = train(train_recipe(**fixed, env_manager="local"))

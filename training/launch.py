@@ -71,7 +71,10 @@ def launch_workers(recipe: TrainRecipe, *, stop_after_step: int | None = None, t
                 source = Path(importlib.import_module(package).__file__).parent
                 shutil.copytree(source, Path(tmp) / "code" / package, ignore=shutil.ignore_patterns("__pycache__"))
             env["PYTHONPATH"] = str(Path(tmp) / "code")
-            command = shlex.join(_command(recipe, free_port(), args, python="python"))
+            # one rank needs no launcher: the worker itself (one process fewer to start there)
+            argv = ["python", "-m", "training.launch", *args] if recipe.nproc == 1 else \
+                _command(recipe, free_port(), args, python="python")
+            command = shlex.join(argv)
             process = environment.execute(command, command_env=env, synchronous=False)
         try:
             returncode = process.wait(timeout=timeout)

@@ -189,8 +189,9 @@ class ModelServer:
         server._wait(timeout_s)
         ready.set()  # from now on the server's lines go to the debug log only
         server.startup_s = time.perf_counter() - server._started
-        log.info("%s answers at %s after %.1f s (environment %s%s)", uri, server.url, server.startup_s,
-                 "built" if server.built else "reused", f": {server.environment}" if server.environment else "")
+        log.info("%s answers at %s after %.1f s (environment %s in %.1f s%s)", uri, server.url, server.startup_s,
+                 "built" if server.built else "reused", server.environment_s or float("nan"),
+                 f": {server.environment}" if server.environment else "")
         return server
 
     def _pump(self, ready: threading.Event) -> None:
