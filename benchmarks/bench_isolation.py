@@ -9,7 +9,8 @@ between calls; `*_wall_ratio` is the plain ratio of median wall times. Also: the
 uv creates it and installs the model's requirements, from uv's wheel cache as it is on this machine)
 and a second start (the environment is found by its hash and reused); `env_*_s` is the time until
 the environment is ready, `*_start_s` until the model answers (it loads inside the environment).
-Printed as `name value` lines and logged to the MLflow experiment `umm-benchmarks`.
+Printed as `name value` lines (with the machine's load average at the end) and logged to the MLflow
+experiment `umm-benchmarks`.
 
     python benchmarks/bench_isolation.py [--batches 8] [--batch-size 16] [--threads 1]
 """
@@ -130,6 +131,7 @@ def main() -> None:
         again.close()
 
     os.environ.pop("MLFLOW_ENV_ROOT")
+    figures["load_average_1m"] = os.getloadavg()[0]  # other work on the machine: the figures move with it
     os.chdir(REPO)
     mlflow.set_tracking_uri(results_store)
     report("bench_isolation", figures, {"device": device_name(), "env_manager": args.env_manager,

@@ -129,8 +129,8 @@ def test_an_upstream_backbone_runs_end_to_end_in_its_own_uv_environment(name, wo
     assert there.data.metrics["shapes/failed_samples"] == 0
     local_outputs, isolated_outputs = _outputs(umm_home() / "cache-local"), _outputs(umm_home() / "cache")
     assert isolated_outputs == local_outputs
-    assert sum(bool(images) for _, _, images in local_outputs.values()) == 2 * ("generation" in cls.capabilities)
-    assert sum(bool(text) for text, _, _ in local_outputs.values()) == 2 * ("understanding" in cls.capabilities)
+    assert any(images for _, _, images in local_outputs.values()) == ("generation" in cls.capabilities)
+    assert any(text for text, _, _ in local_outputs.values()) == ("understanding" in cls.capabilities)
 
     if "editing" in cls.capabilities:  # a fresh server of the version finds its environment by its hash
         served = resolve_model(f"models:/{name}-tiny/1", env_manager="uv").backbone.loaded()

@@ -74,7 +74,9 @@ def launch_workers(recipe: TrainRecipe, *, stop_after_step: int | None = None, t
             # one rank needs no launcher: the worker itself (one process fewer to start there)
             argv = ["python", "-m", "training.launch", *args] if recipe.nproc == 1 else \
                 _command(recipe, free_port(), args, python="python")
-            command = shlex.join(argv)
+            # DeepSpeed JIT-builds C++ ops into torch's extensions folder, keyed by their build paths: one
+            # folder per environment, or each environment's build would displace the other's, every run
+            command = f'TORCH_EXTENSIONS_DIR="${{TORCH_EXTENSIONS_DIR:-$VIRTUAL_ENV/torch-extensions}}" {shlex.join(argv)}'
             process = environment.execute(command, command_env=env, synchronous=False)
         try:
             returncode = process.wait(timeout=timeout)
