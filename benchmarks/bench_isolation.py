@@ -9,10 +9,12 @@ between calls; `*_wall_ratio` is the plain ratio of median wall times. Also: the
 uv creates it and installs the model's requirements, from uv's wheel cache as it is on this machine)
 and a second start (the environment is found by its hash and reused); `env_*_s` is the time until
 the environment is ready, `*_start_s` until the model answers (it loads inside the environment).
+Before that, for each upstream backbone (`--environments`), the time MLflow takes to build its
+environment in an empty root and to find it again (backbones with the same requirements share one).
 Printed as `name value` lines (with the machine's load average at the end) and logged to the MLflow
 experiment `umm-benchmarks`.
 
-    python benchmarks/bench_isolation.py [--batches 8] [--batch-size 16] [--threads 1]
+    python benchmarks/bench_isolation.py [--batches 8] [--batch-size 16] [--threads 1] [--environments-only]
 """
 
 from __future__ import annotations
@@ -89,19 +91,40 @@ def route_figures(kind: str, timings: dict[str, list[tuple[float, float]]]) -> d
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, default=8, help="timed batches per task kind")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the served model")
-    parser.add_argument("--env-manager", default="uv", choices=["uv", "virtualenv"])
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("umm_harness.isolation").setLevel(logging.INFO)  # the first build's progress
-    torch.set_num_threads(args.threads)
-    figures: dict[str, float] = {}
-    results_store = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / 'mlflow.db'}")
+def environment_times(keys: list[str], env_manager: str, root: Path) -> dict[str, float]:
+    """Per backbone: building its environment in an empty root (`env_build_s.<key>`; uv's wheel cache as
+    it is on this machine) and finding it again (`env_reuse_s.<key>`). A backbone whose requirements
+    are another's gets that environment (`env_shared.<key>` 1, no build)."""
+    from mlflow.utils.virtualenv import _get_or_create_virtualenv
 
+    from model_flavors.registry import backbone_class
+
+    figures: dict[str, float] = {}
+    built: set[str] = set()
+    os.environ["MLFLOW_ENV_ROOT"] = str(root / "envs")
+    try:
+        for key in keys:
+            cls = backbone_class(key)
+            model_dir = root / "models" / cls.key  # its environment only: weights by reference, no checkout
+            flavor.save_model(flavor.Checkpoint(backbone=cls.key, source=(cls.hub_ids or ("none/none",))[0]),
+                              model_dir, copy_weights=False)
+            timed = []
+            for _ in range(2):
+                start = time.perf_counter()
+                activate = _get_or_create_virtualenv(model_dir, env_manager=env_manager,
+                                                     extra_envs=isolation.manager_variables(env_manager))
+                timed.append(time.perf_counter() - start)
+            figures[f"env_shared.{cls.key}"] = float(activate in built)
+            figures[f"env_build_s.{cls.key}"], figures[f"env_reuse_s.{cls.key}"] = timed
+            built.add(activate)
+    finally:
+        os.environ.pop("MLFLOW_ENV_ROOT")
+    return figures
+
+
+def janus_figures(args: argparse.Namespace) -> dict[str, float]:
+    """The tiny Janus-Pro in-process and served: per-batch cost of both routes, first and second start."""
+    figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-isolation-") as tmp:
         work_dir = Path(tmp)
         build_tiny(work_dir / "tiny", seed=0)
@@ -131,6 +154,31 @@ def main() -> None:
         again.close()
 
     os.environ.pop("MLFLOW_ENV_ROOT")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, default=8, help="timed batches per task kind")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the served model")
+    parser.add_argument("--env-manager", default="uv", choices=["uv", "virtualenv"])
+    parser.add_argument("--environments", default="bagel,omnigen2,mmada,show_o,blip3o_next",
+                        help="backbones whose environment build and reuse times are measured ('' for none)")
+    parser.add_argument("--environments-only", action="store_true", help="skip the tiny Janus-Pro figures")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("umm_harness.isolation").setLevel(logging.INFO)  # the first build's progress
+    torch.set_num_threads(args.threads)
+    figures: dict[str, float] = {}
+    results_store = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / 'mlflow.db'}")
+
+    keys = [key.strip() for key in args.environments.split(",") if key.strip()]
+    if keys:
+        with tempfile.TemporaryDirectory(prefix="bench-isolation-") as tmp:
+            figures.update(environment_times(keys, args.env_manager, Path(tmp)))
+    if not args.environments_only:
+        figures.update(janus_figures(args))
     figures["load_average_1m"] = os.getloadavg()[0]  # other work on the machine: the figures move with it
     os.chdir(REPO)
     mlflow.set_tracking_uri(results_store)
