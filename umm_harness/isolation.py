@@ -91,10 +91,6 @@ def pip_sources_for_uv() -> dict[str, str]:
         variables["UV_INDEX_STRATEGY"] = "unsafe-best-match"  # pip's way: every index offers every version
     if "cert" in settings and "SSL_CERT_FILE" not in os.environ:
         variables["SSL_CERT_FILE"] = settings["cert"][0]
-    if "UV_EXTRA_INDEX_URL" in variables and "UV_INDEX_STRATEGY" not in os.environ:
-        # pip looks for a release in every index; uv by default only in the first that has the package
-        # (a pin such as BAGEL's transformers==4.49.0 that only a later index holds would not resolve)
-        variables["UV_INDEX_STRATEGY"] = "unsafe-first-match"
     return variables
 
 
