@@ -73,6 +73,7 @@ UPSTREAM_URL = "https://github.com/ByteDance-Seed/Bagel"
 UPSTREAM_COMMIT = "056b5fd51a88c1eb4547318609e25d40080fcf87"
 REFERENCE_FILE = "umm_bagel.json"
 WEIGHTS_FILE = "ema.safetensors"  # the weights the notebook loads (EMA)
+ADAPTER_CONFIG = "adapter_config.json"  # peft's, beside LoRA adapters kept unmerged
 BUILD_FILE = "umm_bagel_build.json"  # a checkpoint that differs from what the notebook hard-codes (tiny builds)
 COPY_LIMIT_BYTES = 1 << 30  # local checkpoints below this travel with a saved model; bigger ones by reference
 REPO_ENV = "UMM_BAGEL_REPO"
@@ -321,12 +322,27 @@ def build_inferencer(api: SimpleNamespace, checkpoint: Path, dtype: str, device:
         model, checkpoint=str(checkpoint / "ema.safetensors"), device_map={"": device}, dtype=torch_dtype,
         offload_buffers=True, force_hooks=True,
     ).eval()
+    model = with_adapters(model, checkpoint)
     vae_model = vae_model.to(device).eval()  # its checkpoint dtype; upstream runs it under bf16 autocast
     return api.InterleaveInferencer(
         model=model, vae_model=vae_model, tokenizer=tokenizer,
         vae_transform=bagel_cpu.ImageTransform(*settings.vae_transform),
         vit_transform=bagel_cpu.ImageTransform(*settings.vit_transform), new_token_ids=new_token_ids,
     )
+
+
+def with_adapters(model: Any, checkpoint: Path) -> Any:
+    """`model` with the LoRA adapters saved beside its weights applied (peft's `adapter_config.json`
+    and `adapter_model.safetensors`: a post-training that kept its adapters unmerged), else `model`.
+    The adapters stay separate layers, computed beside the base weights as in training."""
+    if not (checkpoint / ADAPTER_CONFIG).is_file():
+        return model
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ConfigError(f"{checkpoint} holds LoRA adapters (kept unmerged), which need peft: "
+                          "pip install 'umm-harness[train]' (or pip install peft)") from None
+    return PeftModel.from_pretrained(model, str(checkpoint)).get_base_model().eval()
 
 
 def seed_everything(seed: int) -> None:

@@ -261,6 +261,7 @@ class BagelTraining(Trainable):
 
     objectives: ClassVar[frozenset[str]] = frozenset({"understanding", "generation", "reconstruction", "interleaved"})
     frozen_groups: ClassVar[tuple[str, ...]] = ("vae",)  # generation targets are its latents
+    loads_adapters: ClassVar[bool] = True  # `model_flavors.bagel.with_adapters` at load
 
     def _inferencer(self) -> Any:
         inferencer = getattr(self.engine, "inferencer", None)

@@ -250,11 +250,16 @@ def steps(engine, sets: dict[str, Encoded], recipe: TrainRecipe, dist_info: Dist
 
 
 def save_checkpoint(engine, output_dir: Path, step: int, client_state: dict[str, Any], keep: int,
-                    dist_info: DistInfo) -> Path:
-    """DeepSpeed checkpoint `step<N>` (all ranks), keeping the newest `keep` of them."""
+                    dist_info: DistInfo, rank_state: dict[str, Any] | None = None) -> Path:
+    """DeepSpeed checkpoint `step<N>` (all ranks), keeping the newest `keep` of them. `client_state`
+    is rank 0's (DeepSpeed hands every rank rank 0's back); `rank_state` is each rank's own (a ZeRO-3
+    rank's shards of an EMA), written first, so a checkpoint that `latest` names has it."""
     import deepspeed.comm as dist
 
     tag = f"{_TAG_PREFIX}{step:07d}"
+    if rank_state is not None:
+        (output_dir / tag).mkdir(parents=True, exist_ok=True)
+        torch.save(rank_state, _rank_state_file(output_dir / tag, dist_info.rank))
     engine.save_checkpoint(str(output_dir), tag=tag, client_state={**client_state, "step": step})
     dist.barrier()
     if dist_info.is_main:
@@ -265,11 +270,17 @@ def save_checkpoint(engine, output_dir: Path, step: int, client_state: dict[str,
     return output_dir / tag
 
 
-def load_latest(engine, output_dir: Path) -> dict[str, Any] | None:
-    """Restore weights, optimizer and LR schedule from `output_dir`'s latest checkpoint, if any."""
+def load_latest(engine, output_dir: Path, dist_info: DistInfo) -> dict[str, Any] | None:
+    """Restore weights, optimizer and LR schedule from `output_dir`'s latest checkpoint, if any; returns
+    its client state with this rank's own state (`save_checkpoint`'s `rank_state`) merged in."""
     if not (output_dir / "latest").is_file():
         return None
     path, client_state = engine.load_checkpoint(str(output_dir))
     if path is None:
         return None
-    return client_state or {}
+    own = _rank_state_file(Path(path).parent, dist_info.rank)
+    return {**(client_state or {}), **(torch.load(own, weights_only=True) if own.is_file() else {})}
+
+
+def _rank_state_file(checkpoint: Path, rank: int) -> Path:
+    return checkpoint / f"rank{rank:05d}_state.pt"

@@ -2,7 +2,8 @@
 
 1. `gather_state`: the full state dict of the trained model on rank 0. Under ZeRO-3 every rank
    holds a shard of each parameter; all ranks gather them together (DeepSpeed's
-   `GatheredParameters`), rank 0 keeps a CPU copy.
+   `GatheredParameters`), rank 0 keeps a CPU copy. With an EMA, its averages (sharded the same
+   way, `training.ema`) replace the trained parameters.
 2. `rebuild`: a fresh load of the base model with that state put back by the method (`sft`,
    `reca`: the weights; `lora`: the adapters, merged or kept).
 3. `register`: `model_flavors.flavor.log_model` in the training run, registered under the base
@@ -22,6 +23,7 @@ from mlflow import MlflowClient
 from torch import nn
 
 from model_flavors import flavor
+from training.ema import Ema
 from training.irg import STAGE_TAG
 from training.recipe import TrainRecipe
 from umm_harness.core.training import Trainable
@@ -43,18 +45,23 @@ class BaseVersion:
         return f"models:/{self.name}/{self.version}"
 
 
-def gather_state(model: nn.Module, zero_stage: int, is_main: bool) -> dict[str, torch.Tensor] | None:
-    """`model.state_dict()` with full tensors, on rank 0 (None elsewhere). Call on every rank."""
+def gather_state(model: nn.Module, zero_stage: int, is_main: bool, ema: Ema | None = None,
+                 ) -> dict[str, torch.Tensor] | None:
+    """`model.state_dict()` with full tensors, on rank 0 (None elsewhere), with `ema`'s averages in
+    place of the trained parameters if given. Call on every rank."""
 
     def copy() -> dict[str, torch.Tensor]:
         return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
 
+    averages = ema.whole(model, keep=is_main) if ema is not None else None
     if zero_stage < 3:
-        return copy() if is_main else None
-    import deepspeed
+        state = copy() if is_main else None
+    else:
+        import deepspeed
 
-    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-        return copy() if is_main else None
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            state = copy() if is_main else None
+    return ema.applied(state, averages) if ema is not None and state is not None else state
 
 
 def rebuild(method: ModuleType, state: dict[str, torch.Tensor], base_dir: Path, recipe: TrainRecipe,

@@ -4,8 +4,9 @@ Adapters of rank `lora.rank` and scale `lora.alpha / lora.rank` go on `lora.targ
 (by default the language model's attention and MLP projections); every base weight is frozen.
 At export the adapters are either merged into the base weights (`lora.merge: true`, a plain
 checkpoint) or kept: the exported weights folder then holds the untouched base weights plus
-peft's `adapter_config.json` / `adapter_model.safetensors`, which transformers' own PEFT
-integration applies when the flavor loads the folder with `from_pretrained`.
+peft's `adapter_config.json` / `adapter_model.safetensors`, which the backbone's loader applies
+(`Trainable.loads_adapters`: Janus through transformers' PEFT integration in `from_pretrained`,
+BAGEL through `model_flavors.bagel.with_adapters`).
 """
 
 from __future__ import annotations

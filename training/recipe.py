@@ -237,11 +237,6 @@ class TrainRecipe(BaseModel):
         return self._consistent_steps()
 
     def _consistent_steps(self) -> TrainRecipe:
-        if self.ema and self.zero_stage == 3:
-            raise ValueError("ema with zero_stage 3: ZeRO-3 keeps a shard of each parameter per rank and the EMA "
-                             "averages whole ones (gathering every parameter at every step would undo ZeRO-3's "
-                             "saving); use zero_stage 2 with ema (it shards gradients and optimizer state, most "
-                             "of the memory), or ema: 0")
         per_step = self.grad_accum * self.nproc
         if self.batch_size % per_step:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum × nproc = {per_step}")

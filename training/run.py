@@ -244,7 +244,7 @@ def _train_session(recipe: TrainRecipe, base: export.BaseVersion, stop_after_ste
         model = method.prepare(backbone, recipe)
         module = TrainingModule(model, backbone, terms, cfg_dropout=recipe.cfg_dropout)
         engine = train_engine.initialize(module, recipe, device)
-        client_state = train_engine.load_latest(engine, output_dir) if recipe.resume else None
+        client_state = train_engine.load_latest(engine, output_dir, dist_info) if recipe.resume else None
         start_step = int(client_state["step"]) if client_state else 0
         losses = list(client_state.get("losses", []))[:start_step] if client_state else []
         ema = Ema(engine.module.model, recipe.ema, (client_state or {}).get("ema")) if recipe.ema else None
@@ -272,9 +272,8 @@ def _train_session(recipe: TrainRecipe, base: export.BaseVersion, stop_after_ste
                     tracker.flush()
                     train_engine.save_checkpoint(
                         engine, output_dir, record.step,
-                        {"losses": result.losses, "mlflow_run_id": tracker.run_id, "recipe_key": recipe.curve_key(),
-                         **({"ema": ema.shadow} if ema is not None else {})},
-                        recipe.keep_checkpoints, dist_info,
+                        {"losses": result.losses, "mlflow_run_id": tracker.run_id, "recipe_key": recipe.curve_key()},
+                        recipe.keep_checkpoints, dist_info, rank_state={"ema": ema.shadow} if ema is not None else None,
                     )
                     if recipe.export_every_checkpoint and not final:
                         _export(engine, method, base_dir, recipe, base, tracker, dataset_digest, record.step,
@@ -338,9 +337,7 @@ def _barrier() -> None:
 def _export(engine, method, base_dir: Path, recipe: TrainRecipe, base: export.BaseVersion, tracker: _Tracker,
             dataset_digest: str, step: int, *, final: bool, dist_info, ema: Ema | None = None,
             ) -> tuple[str | None, str | None, Any]:
-    state = export.gather_state(engine.module.model, recipe.zero_stage, dist_info.is_main)
-    if ema is not None and state is not None:
-        state = ema.applied(state)
+    state = export.gather_state(engine.module.model, recipe.zero_stage, dist_info.is_main, ema)
     version = digest = exported = None
     if dist_info.is_main:
         exported = export.rebuild(method, state, base_dir, recipe, base)

@@ -6,7 +6,8 @@ interleaved format of `training.interleaved` (subsets `self_reflection`, `breakd
 reference trains it with LoRA, rank 256 and alpha 512 (the recipe's `lora` section defaults to
 them for this method), on the language model of both experts; everything else is frozen. The loss
 is BAGEL's objective on each conversation (text CE + flow-matching MSE). Adapters are merged at
-export, or kept where the backbone's loader applies them (`lora`).
+export (`lora.merge: true`), or kept as peft adapter files beside the base weights (`lora.merge:
+false`), which BAGEL's loader applies on its language model (`lora`).
 """
 
 from __future__ import annotations
