@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import torch
@@ -20,7 +21,8 @@ from mlflow.exceptions import MlflowException
 import umm_harness
 from model_flavors.registry import backbone_class
 from tasks.base import Sample, Task
-from tasks.registry import build_task, suite_benchmarks
+from tasks.judged import JudgedTask
+from tasks.registry import build_task, suite_benchmarks, task_class
 from umm_harness.core.acceleration import check_device
 from umm_harness.core.backbone import Backbone, LazyBackbone
 from umm_harness.batch_size import BatchSizer
@@ -32,6 +34,7 @@ from umm_harness.core.errors import ConfigError
 from umm_harness.model_ref import ResolvedModel, resolve_model, resolve_registered
 from umm_harness.model_registry import describe_version, ensure_registered, logged_model_id
 from umm_harness.ray_executor import RayExecutor
+from umm_harness.ray_judge import ray_vision_judge
 from umm_harness.runner import BenchmarkResult, pending_outputs, run_benchmark
 from umm_harness.runs import BENCHMARK_TAG, benchmark_runs, parent_runs, start_top_level_run, take_project_run
 from umm_harness.search_filters import quoted
@@ -59,8 +62,9 @@ def evaluate(recipe: EvalRecipe) -> EvalSummary | None:
             check_device(recipe.device)
         except ConfigError as exc:
             raise ConfigError(f"field 'device': {exc}") from None
-    tasks = [build_task(name, recipe.data_dir, recipe.judge, recipe.task_options.get(name))
-             for name in suite_benchmarks(recipe.suite)]
+    names = suite_benchmarks(recipe.suite)
+    judges = _task_judges(recipe, names)
+    tasks = [build_task(name, recipe.data_dir, judges[name], recipe.task_options.get(name)) for name in names]
     # Every benchmark's data is read (and checked) before any model loads or anything is logged.
     samples = {task.name: task.samples() for task in tasks}
     ranks = current_ranks(recipe.device)
@@ -185,6 +189,18 @@ def _executor(recipe: EvalRecipe) -> RayExecutor | None:
         uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
     env = {"MLFLOW_TRACKING_URI": uri, "UMM_HOME": str(umm_home().resolve()), "CI": os.environ.get("CI")}
     return RayExecutor(partial(load_backbone, recipe), recipe.ray, env)
+
+
+def _task_judges(recipe: EvalRecipe, names: list[str]) -> dict[str, Any]:
+    """Each benchmark's judge: the recipe's, except that under `ray.judge` the vision-judged
+    benchmarks get one whose calls run on the Ray cluster (same id, same reply cache)."""
+    judged = [name for name in names if issubclass(task_class(name), JudgedTask)]
+    if recipe.ray.judge is None or not judged:
+        return dict.fromkeys(names, recipe.judge)
+    if recipe.executor != "ray":
+        raise ConfigError("field 'ray.judge': the judge stage runs on Ray only with --executor ray")
+    on_ray = ray_vision_judge(recipe.ray.judge, recipe.judge, _executor(recipe).start)
+    return {name: on_ray if name in judged else recipe.judge for name in names}
 
 
 def load_backbone(recipe: EvalRecipe) -> Backbone:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from umm_harness.core.backbone import Backbone
 from umm_harness.core.errors import ConfigError
 from umm_harness.core.requests import InferenceRequest, InferenceResult
+from umm_harness.ray_judge import RayJudgeSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class RaySettings(BaseModel):
     actors: int = Field(default=1, ge=1)  # backbone replicas
     cpus_per_actor: float = Field(default=0.5, gt=0)
     gpus_per_actor: float = Field(default=0, ge=0)  # 1 on GPU clusters
+    judge: RayJudgeSettings | None = None  # judged benchmarks' judge calls on the cluster too (`ray_judge`)
 
 
 def _require_ray() -> Any:
@@ -80,24 +82,27 @@ class RayExecutor:
         self.settings = settings
         self.env = env or {}
 
-    def _start(self) -> None:
-        if self.ray.is_initialized():
-            return
+    def start(self) -> Any:
+        """Ray, started (or joined) once per process, for the generation and judge stages alike."""
+        ray = self.ray
+        if ray.is_initialized():
+            return ray
         runtime_env = {"env_vars": {k: v for k, v in self.env.items() if v is not None}}
         if self.settings.address:
-            self.ray.init(address=self.settings.address, runtime_env=runtime_env, log_to_driver=False)
+            ray.init(address=self.settings.address, runtime_env=runtime_env, log_to_driver=False)
         else:
-            self.ray.init(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env,
-                          log_to_driver=False, configure_logging=False)
-        context = self.ray.data.DataContext.get_current()
+            ray.init(num_cpus=max(1, os.cpu_count() or 1), include_dashboard=False, runtime_env=runtime_env,
+                     log_to_driver=False, configure_logging=False)
+        context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.print_on_execution_start = False
+        return ray
 
     def run_batches(self, batches: list[list[InferenceRequest]]) -> Iterator[tuple[int, list[InferenceResult], float]]:
         """(batch index, results, seconds in the model) for every batch, in the order they finish."""
         if not batches:
             return
-        self._start()
+        self.start()
         rows = [{"index": i, "requests": pickle.dumps(batch)} for i, batch in enumerate(batches)]
         dataset = self.ray.data.from_items(rows).map_batches(
             _BackboneActor,

@@ -76,6 +76,17 @@ def data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
+def openai_messages(request: VisionRequest) -> list[dict[str, Any]]:
+    """The request as OpenAI chat messages, images as base64 PNG `image_url` parts."""
+    messages = request.messages()
+    for message in messages:
+        message["content"] = [
+            {"type": "image_url", "image_url": {"url": data_url(part["image"])}} if part["type"] == "image" else part
+            for part in message["content"]
+        ]
+    return messages
+
+
 # --- vision judge backends ------------------------------------------------------------------
 
 
@@ -108,13 +119,8 @@ class OpenAIVisionJudge:
             return list(pool.map(lambda r: self._one(r, max_tokens, temperature), requests))
 
     def payload(self, request: VisionRequest, max_tokens: int, temperature: float) -> dict[str, Any]:
-        messages = request.messages()
-        for message in messages:
-            message["content"] = [
-                {"type": "image_url", "image_url": {"url": data_url(part["image"])}} if part["type"] == "image" else part
-                for part in message["content"]
-            ]
-        return {"model": self._http.model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
+        return {"model": self._http.model, "messages": openai_messages(request), "max_tokens": max_tokens,
+                "temperature": temperature}
 
     def _one(self, request: VisionRequest, max_tokens: int, temperature: float) -> str:
         from tasks.judges.base import JudgeError
