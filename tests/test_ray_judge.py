@@ -13,22 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.judges.server import running
 from tasks.judges.tiny import build_tiny_vision_judge
 from tests.fixtures_editing import write_gedit
+from tests.test_editing_e2e import JUDGE_NAME, judge_url  # noqa: F401 - the tiny judge server, a fixture
 from umm_harness.config import EvalRecipe
 from umm_harness.core.errors import ConfigError
 from umm_harness.evaluate import evaluate
 from umm_harness.tracking import official
-
-JUDGE_NAME = "tiny-vlm"
-
-
-@pytest.fixture(scope="module")
-def judge_url(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("judge")
-    with running(build_tiny_vision_judge(folder / "vlm"), folder / "server.log", name=JUDGE_NAME) as url:
-        yield url
 
 
 def _recipe(data: Path, cache: Path, judge_cache: Path, judge_url: str, **extra) -> EvalRecipe:
