@@ -60,6 +60,7 @@ from PIL import Image
 
 from model_flavors import bagel_cpu
 from model_flavors.bagel_training import BagelTraining
+from model_flavors.environment import ADAPTER_CONFIG
 from model_flavors.upstream_checkout import checkout_commit, same_code
 from model_flavors.vllm_omni import VllmOmniClient, image_part, text_part
 from umm_harness.core.backbone import Backbone, ModelInfo, Upstream
@@ -73,7 +74,6 @@ UPSTREAM_URL = "https://github.com/ByteDance-Seed/Bagel"
 UPSTREAM_COMMIT = "056b5fd51a88c1eb4547318609e25d40080fcf87"
 REFERENCE_FILE = "umm_bagel.json"
 WEIGHTS_FILE = "ema.safetensors"  # the weights the notebook loads (EMA)
-ADAPTER_CONFIG = "adapter_config.json"  # peft's, beside LoRA adapters kept unmerged
 BUILD_FILE = "umm_bagel_build.json"  # a checkpoint that differs from what the notebook hard-codes (tiny builds)
 COPY_LIMIT_BYTES = 1 << 30  # local checkpoints below this travel with a saved model; bigger ones by reference
 REPO_ENV = "UMM_BAGEL_REPO"

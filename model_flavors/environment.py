@@ -62,16 +62,23 @@ def _name(requirement: str, owner: str) -> str:
         raise ConfigError(f"{owner}.pip_requirements: '{requirement}' is not a pip requirement ({exc})") from None
 
 
-def requirements_for(cls: type[Backbone]) -> list[str]:
-    """The base requirements with the backbone's own added; the backbone's pin of a package wins."""
+# Weights that keep LoRA adapters unmerged (peft's adapter_config.json beside them) load through peft.
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_REQUIREMENTS: tuple[str, ...] = ("peft>=0.17",)
+
+
+def requirements_for(cls: type[Backbone], *, adapters: bool = False) -> list[str]:
+    """The base requirements with the backbone's own added (the backbone's pin of a package wins),
+    and peft when the weights carry unmerged adapters."""
     own = {_name(r, cls.__name__): r for r in cls.pip_requirements}
     base = [r for r in BASE_REQUIREMENTS if _name(r, "BASE_REQUIREMENTS") not in own]
-    return [*base, *own.values()]
+    extra = [r for r in ADAPTER_REQUIREMENTS if adapters and _name(r, "ADAPTER_REQUIREMENTS") not in own]
+    return [*base, *own.values(), *extra]
 
 
-def write_environment(path: Path, cls: type[Backbone]) -> dict[str, str]:
+def write_environment(path: Path, cls: type[Backbone], *, adapters: bool = False) -> dict[str, str]:
     """`requirements.txt`, `python_env.yaml` and `conda.yaml` in `path`; returns the pyfunc `env` entry."""
-    (path / "requirements.txt").write_text("\n".join(requirements_for(cls)) + "\n")
+    (path / "requirements.txt").write_text("\n".join(requirements_for(cls, adapters=adapters)) + "\n")
     python = ".".join(map(str, sys.version_info[:3]))  # exact: MLflow builds this very version
     python_env = {"python": python, "build_dependencies": ["pip"], "dependencies": ["-r requirements.txt"]}
     (path / ENV_FILES["virtualenv"]).write_text(yaml.safe_dump(python_env, sort_keys=False))

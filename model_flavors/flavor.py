@@ -152,7 +152,8 @@ def save_model(
         digest = reference_digest(info.source, info.revision)
     _copy_code(path / _CODE_DIR)
     upstream = environment.bundle_upstream(cls, repo_path, path / _CODE_DIR)
-    env_files = environment.write_environment(path, cls)
+    adapters = copy_weights and (path / _WEIGHTS_DIR / environment.ADAPTER_CONFIG).is_file()
+    env_files = environment.write_environment(path, cls, adapters=adapters)
 
     mlflow_model.signature = SIGNATURE
     if metadata:

@@ -458,6 +458,8 @@ def test_unicot_adapters_kept_unmerged_reload_in_a_fresh_process_and_answer_as_m
                for name, result in {"merged": merged, "kept": kept}.items()}
     weights = folders["kept"] / "weights"
     assert (weights / "adapter_model.safetensors").is_file() and (weights / "adapter_config.json").is_file()
+    requirements = {name: (folder / "requirements.txt").read_text().split() for name, folder in folders.items()}
+    assert "peft>=0.17" in requirements["kept"] and "peft>=0.17" not in requirements["merged"]  # its own env loads it
     parent = _weights(flavor.load_model(f"models:/{NAME}/1"))
     base_weights = load_file(str(weights / "ema.safetensors"))
     assert base_weights.keys() == parent.keys() and all(torch.equal(base_weights[k], parent[k]) for k in parent)
