@@ -492,11 +492,13 @@ def test_path_like_and_unicode_sample_ids_cannot_escape_the_artifact_folder(work
     parent_root = Path(client.get_run(summary.run_id).info.artifact_uri.removeprefix("file://")).resolve()
     models_root = (workspace / "mlruns" / child.info.experiment_id / "models").resolve()  # the logged model
     cache_root = (workspace / "umm_home" / "cache").resolve()
-    # Every new file is the store, the child's or the parent's artifacts, the logged model or the cache.
+    # Every new file is the store (and its first-use lock), the child's or the parent's artifacts, the
+    # logged model or the cache.
     allowed = [artifact_root, parent_root, models_root, cache_root]
+    store = {(workspace / "mlflow.db").resolve(), (workspace / "mlflow.db.lock").resolve()}
     for path in _all_files(workspace) - before:
         resolved = path.resolve()
-        assert resolved == (workspace / "mlflow.db").resolve() or any(
+        assert resolved in store or any(
             resolved.is_relative_to(root) for root in allowed), path
     assert {p for p in outside.iterdir()} == before_outside  # nothing next to the workspace
     if passwd is not None:
