@@ -39,7 +39,7 @@ from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType, Array
 from PIL import Image as PILImage
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 import model_flavors
 from model_flavors import environment
@@ -117,6 +117,9 @@ class Checkpoint(BaseModel):
     revision: str | None = None
     dtype: str = "float32"
     repo_path: Path | None = None  # the upstream checkout, for upstream routes
+    # The adapter's other `load` options (backbone_options), recorded in the model and applied where
+    # it loads; local paths among them are kept by reference.
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 def save_model(
@@ -135,8 +138,9 @@ def save_model(
         raise MlflowException(f"Path '{path}' already exists and is not empty")
     path.mkdir(parents=True, exist_ok=True)
     mlflow_model = mlflow_model or Model()
+    load_options: dict[str, Any] = {}
     if isinstance(backbone, Checkpoint):
-        cls, repo_path = backbone_class(backbone.backbone), backbone.repo_path
+        cls, repo_path, load_options = backbone_class(backbone.backbone), backbone.repo_path, backbone.options
         info = ModelInfo(backbone=cls.key, source=backbone.source, revision=backbone.revision, dtype=backbone.dtype)
         capabilities = cls.capabilities
         copy_weights = copy_weights and Path(backbone.source).is_dir()
@@ -175,6 +179,7 @@ def save_model(
         code=_CODE_DIR,
         env_manager=cls.env_manager,
         upstream=upstream,
+        **({"load_options": load_options} if load_options else {}),
     )
     mlflow_model.save(path / "MLmodel")
 
@@ -210,7 +215,7 @@ def load_local(local_path: Path, device: str = "cpu", attn_implementation: str =
     conf = flavor_conf(local_path)
     cls = backbone_class(conf["backbone"])
     source = str(local_path / conf["weights"]) if conf.get("weights") else conf["source"]
-    options = cls.acceleration_options(attn_implementation, compile)
+    options = {**conf.get("load_options", {}), **cls.acceleration_options(attn_implementation, compile)}
     if conf.get("upstream"):  # the checkout bundled as code, never one on this machine
         options["repo_path"] = str(local_path / conf.get("code", _CODE_DIR) / conf["upstream"]["path"])
     return cls.load(source, revision=None if conf.get("weights") else conf.get("revision"),

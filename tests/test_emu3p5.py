@@ -6,9 +6,6 @@ environment MLflow makes for it, goes the way of every backbone — served by `m
 logged, registered and evaluated on `shapes` by `umm eval` through its own environment."""
 
 import json
-import os
-import subprocess
-import textwrap
 from types import SimpleNamespace
 
 import pytest
@@ -28,7 +25,7 @@ from tests.reload import task_rows
 from tests.serving import invoke
 from tests.stand_ins import JsonStandIn, serving
 from umm_harness.core.errors import ConfigError
-from umm_harness.core.requests import InferenceParams, decode_image, encode_png
+from umm_harness.core.requests import InferenceParams, InferenceRequest, decode_image, encode_png
 
 CHECKOUT = REPO.parent / "shared" / "upstream" / "emu3.5"
 pytestmark = pytest.mark.skipif(not CHECKOUT.is_dir(), reason=f"no Emu3.5 checkout at {CHECKOUT}")
@@ -141,28 +138,26 @@ class _PatchedVllmStandIn(JsonStandIn):
         self.reply({"choices": [{"text": "", "token_ids": tokens}]})
 
 
-ENGINE_CLIENT = textwrap.dedent("""
-    import json, sys
-    from PIL import Image
-    from model_flavors.emu3p5 import Emu3p5
-    from umm_harness.core.requests import InferenceRequest
-    emu = Emu3p5.load(sys.argv[1], checkpoint=sys.argv[2], repo_path=sys.argv[3])
-    image = emu.run([InferenceRequest(task="generation", prompt="a red circle", params={"seed": 7})])[0]
-    answer = emu.run([InferenceRequest(task="understanding", prompt="Is it red?", params={"temperature": 0},
-                                       images=[Image.new("RGB", (64, 64), "red")])])[0]
-    print(json.dumps({"size": image.images[0].size, "text": answer.text}))
-""")
-
-
 @pytest.mark.slow
-def test_a_running_engine_server_generates_and_answers(emu3p5, tmp_path):
-    _, python, tiny = emu3p5
+def test_a_running_engine_server_is_a_model_source_like_any_other(emu3p5, workspace):
+    """`--model http://… --backbone emu3_5`: the adapter (tokenizers, request translation) runs in its
+    own environment, with its options recorded in the model it is served from; the engine samples."""
+    from umm_harness.model_ref import resolve_model
+
+    _, _, tiny = emu3p5
     with serving(_PatchedVllmStandIn) as url:
-        done = subprocess.run([str(python), "-c", ENGINE_CLIENT, url, str(tiny), str(CHECKOUT)],
-                              env={**os.environ, "PYTHONPATH": str(emu3p5[0] / "code")}, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"size": [64, 64], "text": "yes"}
+        model = resolve_model(url, backbone="emu3_5", options={"checkpoint": str(tiny), "repo_path": str(CHECKOUT)})
+        assert model.env_manager == "uv" and flavor.flavor_conf(model.model_folder)["load_options"] == {
+            "checkpoint": str(tiny)}
+        try:
+            (image,) = model.backbone.run([InferenceRequest(task="generation", prompt="a red circle",
+                                                            params={"seed": 7})])
+            (answer,) = model.backbone.run([InferenceRequest(task="understanding", prompt="Is it red?",
+                                                             params={"temperature": 0},
+                                                             images=[Image.new("RGB", (64, 64), "red")])])
+        finally:
+            model.close()
+    assert image.images[0].size == (64, 64) and answer.text == "yes"
     generation, understanding = _PatchedVllmStandIn.bodies
     assert generation["prompt"][-1] == BOI and generation["uncond_prompt_token_ids"][-1] == BOI
     assert generation["vllm_xargs"]["guidance_scale"] == 5.0 and generation["max_tokens"] == 24  # "4*4", IMG, 4×5

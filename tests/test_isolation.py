@@ -160,7 +160,7 @@ def test_a_checkpoint_for_its_own_environment_is_saved_without_loading_it(worksp
     _same(flavor.load_local(model.model_folder).run(batch), tiny_janus.run(batch))  # the copied checkpoint loads
     assert resolve_model("tiny:janus-pro", env_manager="uv").model_folder == model.model_folder  # saved once
 
-    with pytest.raises(ConfigError, match=r"backbone_options \['think'\] reach only a model loaded in this process"):
+    with pytest.raises(ConfigError, match=r"backbone_options \['think'\]: not options of janus_pro \(it takes: "):
         resolve_model(str(tiny_janus_dir), env_manager="uv", options={"think": True})
 
 

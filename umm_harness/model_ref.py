@@ -11,6 +11,7 @@ Accepted references, in the order they are tried:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import re
 import shutil
@@ -137,12 +138,14 @@ def _checkpoint(cls: type[Backbone], source: str, digest: str, *, revision: str 
         load = partial(cls.load, source, dtype=dtype, device=device, **({"revision": revision} if revision else {}),
                        **options)
         return _adapter(cls, load, lazy=lazy, dtype=dtype, device=device, acceleration=acceleration), manager, None
-    unknown = sorted(set(options) - {"repo_path"})
+    accepted = set(inspect.signature(cls.load).parameters) - {"source", "revision", "dtype", "device"}
+    unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ConfigError(f"backbone_options {unknown} reach only a model loaded in this process; with "
-                          f"--env-manager {manager} the logged model's own settings apply (or use --env-manager local)")
+        raise ConfigError(f"backbone_options {unknown}: not options of {cls.key} (it takes: "
+                          f"{', '.join(sorted(accepted)) or 'none'})")
     checkpoint = flavor.Checkpoint(backbone=cls.key, source=source, revision=revision, dtype=dtype,
-                                   repo_path=options.get("repo_path"))
+                                   repo_path=options.get("repo_path"),
+                                   options={k: v for k, v in options.items() if k != "repo_path"})
     identity = hashlib.sha256(f"{digest}|{checkpoint.model_dump_json()}".encode()).hexdigest()[:16]
     folder = umm_home() / "models" / f"{cls.key}-{identity}"
     if not (folder / "MLmodel").is_file():
@@ -218,7 +221,6 @@ def resolve_model(
     """
     options = options or {}
     acceleration = {"attn_implementation": attn_implementation, "compile": compile}
-    adapter = partial(_adapter, lazy=lazy, dtype=dtype, device=device, acceleration=acceleration)
     place = partial(_checkpoint, dtype=dtype, device=device, acceleration=acceleration, lazy=lazy,
                     env_manager=env_manager)
     if reference.startswith("models:/"):
@@ -244,15 +246,18 @@ def resolve_model(
                                                  options=options)
             resolved = ResolvedModel(loaded, reference, digest, True, folder.name.lower(), env_manager=manager,
                                      model_folder=served_from)
-    elif reference.startswith(("http://", "https://")):  # a model behind an engine (e.g. vllm-omni)
-        if env_manager not in (None, "local"):
-            raise ConfigError(f"model '{reference}' runs in its engine's own process; --env-manager does not apply")
+    elif reference.startswith(("http://", "https://")):  # a model behind an engine (vllm-omni, patched vLLM)
         if not backbone:
             raise ConfigError(f"model '{reference}' is a server: pass --backbone (e.g. bagel)")
+        # The engine runs the model; the adapter (tokenizers, request translation) runs here, or in its
+        # own environment when its code needs one (Emu3.5's tokenizer).
         cls = backbone_class(backbone)
-        loaded = adapter(cls, partial(cls.load, reference, dtype=dtype, device=device, **options))
-        resolved = ResolvedModel(loaded, reference, flavor.reference_digest(reference, None), False,
-                                 re.sub(r"[^a-z0-9-]+", "-", reference.split("://", 1)[1].lower()).strip("-"))
+        digest = flavor.reference_digest(reference, None)
+        loaded, manager, served_from = place(cls, reference, digest, revision=None, copy_weights=False,
+                                             options=options)
+        resolved = ResolvedModel(loaded, reference, digest, False,
+                                 re.sub(r"[^a-z0-9-]+", "-", reference.split("://", 1)[1].lower()).strip("-"),
+                                 env_manager=manager, model_folder=served_from)
     elif _HUB_ID.match(reference) and not reference.startswith((".", "~")):
         cls = backbone_class(backbone or infer_backbone(reference))
         _check_hub(reference, revision)
