@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml Makefile
 eval: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/mlflow run . -e eval --env-manager local
 
+# Two workers, one test file each at a time: most slow tests wait on other processes (servers,
+# environments being built, training ranks) more than they compute.
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"

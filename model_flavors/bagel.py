@@ -60,7 +60,7 @@ from PIL import Image
 
 from model_flavors import bagel_cpu
 from model_flavors.bagel_training import BagelTraining
-from model_flavors.environment import ADAPTER_CONFIG
+from model_flavors.environment import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from model_flavors.upstream_checkout import checkout_commit, same_code
 from model_flavors.vllm_omni import VllmOmniClient, image_part, text_part
 from umm_harness.core.backbone import Backbone, ModelInfo, Upstream
@@ -338,11 +338,18 @@ def with_adapters(model: Any, checkpoint: Path) -> Any:
     if not (checkpoint / ADAPTER_CONFIG).is_file():
         return model
     try:
-        from peft import PeftModel
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from safetensors.torch import load_file
     except ImportError:
         raise ConfigError(f"{checkpoint} holds LoRA adapters (kept unmerged), which need peft: "
                           "pip install 'umm-harness[train]' (or pip install peft)") from None
-    return PeftModel.from_pretrained(model, str(checkpoint)).get_base_model().eval()
+    weights = checkpoint / ADAPTER_WEIGHTS
+    if not weights.is_file():  # never peft's pickle fallback (adapter_model.bin)
+        raise ConfigError(f"{checkpoint} has {ADAPTER_CONFIG} but no {ADAPTER_WEIGHTS}: adapters load from "
+                          "safetensors only")
+    with_lora = get_peft_model(model, LoraConfig.from_pretrained(str(checkpoint)))
+    set_peft_model_state_dict(with_lora, load_file(str(weights)))
+    return with_lora.get_base_model().eval()
 
 
 def seed_everything(seed: int) -> None:

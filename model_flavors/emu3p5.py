@@ -172,7 +172,8 @@ class Emu3p5(UpstreamBackbone):
         if engine is None:
             require_safetensors(str(model_folder), allow_pickle)
             model = api.model.Emu3ForCausalLM.from_pretrained(str(model_folder), torch_dtype=dtype_,
-                                                              attn_implementation="sdpa").to(device)
+                                                              attn_implementation="sdpa",
+                                                              use_safetensors=not allow_pickle).to(device)
         vq = _load_vq(api, vq_folder, allow_pickle).to(device)
         return cls(api, model, vq, load_tokenizer(api, tokenizer_folder), sizes,
                    ModelInfo(backbone=cls.key, source=source, revision=revision, dtype=dtype), engine=engine)

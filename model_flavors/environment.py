@@ -63,7 +63,7 @@ def _name(requirement: str, owner: str) -> str:
 
 
 # Weights that keep LoRA adapters unmerged (peft's adapter_config.json beside them) load through peft.
-ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 ADAPTER_REQUIREMENTS: tuple[str, ...] = ("peft>=0.17",)
 
 

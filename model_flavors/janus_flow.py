@@ -120,9 +120,11 @@ class JanusFlow(UpstreamBackbone):
         model_folder = folder / "model" if saved else folder
         vae_folder = folder / "vae" if saved else local_folder(vae_source)
         require_safetensors(str(model_folder), allow_pickle)
-        model = api.MultiModalityCausalLM.from_pretrained(str(model_folder), torch_dtype=dtype_).to(device)
+        model = api.MultiModalityCausalLM.from_pretrained(str(model_folder), torch_dtype=dtype_,
+                                                          use_safetensors=not allow_pickle).to(device)
         processor = _quiet(api.VLChatProcessor.from_pretrained, str(model_folder))
-        vae = api.AutoencoderKL.from_pretrained(str(vae_folder), torch_dtype=dtype_).to(device)
+        vae = api.AutoencoderKL.from_pretrained(str(vae_folder), torch_dtype=dtype_,
+                                                use_safetensors=not allow_pickle).to(device)
         return cls(model, processor, vae, sizes, ModelInfo(backbone=cls.key, source=source, revision=revision,
                                                            dtype=dtype))
 

@@ -218,8 +218,10 @@ def test_an_environment_that_cannot_be_built_is_a_clear_error(tmp_path, tiny_jan
     monkeypatch.setenv("UMM_HOME", str(tmp_path / "home"))
     conf = flavor.flavor_conf(tmp_path / "model")
     with pytest.raises(isolation.EnvironmentBuildError, match=r"its environment \(uv\) could not be built .*: error: "
-                                                              r"Distribution not found at: .*umm_missing-1.0-py3-none"):
+                                                              r"Distribution not found at") as failed:
         isolation.serve_backbone(str(tmp_path / "model"), "uv", conf)
+    log_path = Path(str(failed.value).rsplit("full log: ", 1)[1])
+    assert "umm_missing-1.0-py3-none-any.whl" in log_path.read_text()  # the whole story is in the log it names
     assert not any((tmp_path / "envs").iterdir())  # MLflow removed the half-built environment
     shutil.rmtree(tmp_path / "envs")
 

@@ -155,6 +155,7 @@ class ModelServer:
     startup_s: float = 0.0  # from start until the model answered
     _started: float = field(default_factory=time.perf_counter)
     _tail: deque = field(default_factory=lambda: deque(maxlen=200))
+    _pumping: threading.Thread | None = None
     _session: requests.Session = field(default_factory=requests.Session)
 
     @classmethod
@@ -185,7 +186,8 @@ class ModelServer:
         server = cls(uri, env_manager, process, f"http://127.0.0.1:{port}", log_path)
         _RUNNING.add(server)
         ready = threading.Event()
-        threading.Thread(target=server._pump, args=(ready,), daemon=True).start()
+        server._pumping = threading.Thread(target=server._pump, args=(ready,), daemon=True)
+        server._pumping.start()
         server._wait(timeout_s)
         ready.set()  # from now on the server's lines go to the debug log only
         server.startup_s = time.perf_counter() - server._started
@@ -215,7 +217,7 @@ class ModelServer:
         deadline = time.monotonic() + timeout_s
         while True:
             if self.process.poll() is not None:
-                time.sleep(0.2)  # let the pump read the last lines
+                self._pumping.join(timeout=10)  # the pump reads to the end of the output first
                 self.stop()
                 raise EnvironmentBuildError(
                     f"{self.uri}: its environment ({self.env_manager}) could not be built or the model did not "

@@ -61,8 +61,13 @@ def _named_experiment(name: str) -> str:
 def tag_for_model_training(experiment_id: str) -> None:
     """Open the experiment in the model-training view, unless someone chose a kind already."""
     client = MlflowClient()
-    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+    if EXPERIMENT_KIND_TAG in client.get_experiment(experiment_id).tags:
+        return
+    try:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    except MlflowException:  # another command tagged it between the look-up and ours (SQL stores refuse the twin)
+        if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+            raise
 
 
 def start_top_level_run(run_name: str, experiment: str | None = None, run_id: str | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from mlflow.entities import Metric, Param, RunTag
-
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from tasks.base import Sample
@@ -262,7 +263,14 @@ def log_model_scores(benchmark: str, result: BenchmarkResult, metrics: dict[str,
     samples = pd.DataFrame({"sample_id": [s.id for s in result.samples],
                             "category": [s.category for s in result.samples]})
     dataset = mlflow.data.from_pandas(samples, name=benchmark)
-    mlflow.log_metrics(scores, model_id=model_id, dataset=dataset)
+    try:
+        mlflow.log_metrics(scores, model_id=model_id, dataset=dataset)
+    except MlflowException as exc:
+        # Another evaluation recorded the same dataset in this experiment at this very moment: the
+        # SQL store refuses the twin row, and the second attempt finds the first one's.
+        if not re.search(r"unique|duplicate key", str(exc), re.IGNORECASE):
+            raise
+        mlflow.log_metrics(scores, model_id=model_id, dataset=dataset)
 
 
 def score_summary(run_id: str, suite: str, limit: int | None, seed: int, metrics: dict[str, float]) -> str:
