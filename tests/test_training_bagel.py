@@ -129,8 +129,9 @@ def test_a_dropped_prompt_leaves_its_text_out(tiny_bagel):
 
 
 @pytest.mark.slow
-def test_sft_lowers_bagels_loss_and_registers_a_version_that_reloads_identically(base):
+def test_sft_lowers_bagels_loss_and_registers_a_version_that_compare_reads_against_its_parent(base):
     from training.run import train
+    from umm_harness.compare import CompareRecipe, compare
 
     result = train(recipe(method="sft", objectives={"understanding": 1.0, "generation": 1.0}))
     assert len(result.losses) == 6 and result.losses[-1] < 0.8 * result.losses[0], result.losses
@@ -145,6 +146,8 @@ def test_sft_lowers_bagels_loss_and_registers_a_version_that_reloads_identically
     assert trained.keys() == again.keys() and all(torch.equal(trained[k], again[k]) for k in trained)
     original = _weights(flavor.load_model(f"models:/{NAME}/1"))
     assert any(not torch.equal(original[k], trained[k]) for k in trained)
+    comparison = compare(CompareRecipe(model_name=NAME, versions=["1", "2"], limit=2, batch_size=2, bootstrap=100))
+    assert comparison.baseline == "1" and {d.version for d in comparison.deltas} == {"2"}
 
 
 @pytest.mark.slow
