@@ -13,13 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import pytest
+from PIL import Image
 
 from model_flavors import flavor
+from tests.conftest import REPO
 from tests.reload import assert_same_predictions, environment_python, predict_in_fresh_process
 from tests.serving import invoke, served
 from umm_harness.config import EvalRecipe
-from umm_harness.core.requests import InferenceParams
+from umm_harness.core.requests import InferenceParams, encode_png
 from umm_harness.evaluate import evaluate
+
+RED_SCENE = encode_png(Image.new("RGB", (64, 64), "red"))  # the image every row that takes one is sent
+
+
+def shared_checkout(folder: str) -> tuple[Path, pytest.MarkDecorator]:
+    """A snapshot of upstream code in ../shared/upstream, and the mark that skips a module without it."""
+    checkout = REPO.parent / "shared" / "upstream" / folder
+    return checkout, pytest.mark.skipif(not checkout.is_dir(), reason=f"no {folder} checkout at {checkout}")
 
 
 def tiny_in_its_own_environment(checkpoint: Callable[[str], flavor.Checkpoint], hub_id: str, builder: str,

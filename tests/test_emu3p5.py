@@ -14,22 +14,22 @@ from PIL import Image
 
 from model_flavors import environment, flavor
 from model_flavors.emu3p5 import TEXT_VOCAB, UPSTREAM, Emu3p5, engine_request, engine_tokens, tiny_ranks
-from tests.conftest import REPO
 from tests.own_environment import (
+    RED_SCENE,
     assert_a_fresh_process_answers_alike,
     assert_registers_and_evaluates_on_shapes,
     served_answers,
+    shared_checkout,
     tiny_in_its_own_environment,
 )
 from tests.reload import task_rows
 from tests.serving import invoke
 from tests.stand_ins import JsonStandIn, serving
 from umm_harness.core.errors import ConfigError
-from umm_harness.core.requests import InferenceParams, InferenceRequest, decode_image, encode_png
+from umm_harness.core.requests import InferenceParams, InferenceRequest, decode_image
 
-CHECKOUT = REPO.parent / "shared" / "upstream" / "emu3.5"
-pytestmark = pytest.mark.skipif(not CHECKOUT.is_dir(), reason=f"no Emu3.5 checkout at {CHECKOUT}")
-SCENE = encode_png(Image.new("RGB", (64, 64), "red"))
+CHECKOUT, pytestmark = shared_checkout("emu3.5")
+SCENE = RED_SCENE
 ROWS = task_rows(SCENE)  # understanding, generation, editing
 PARAMS = {"seed": 5, "max_new_tokens": 8}
 

@@ -16,21 +16,21 @@ from PIL import Image
 
 from model_flavors import environment, flavor, registry
 from model_flavors.janus_flow import UPSTREAM, JanusFlow, card_params, generation_params, text_sampling
-from tests.conftest import REPO
 from tests.own_environment import (
+    RED_SCENE,
     assert_a_fresh_process_answers_alike,
     assert_registers_and_evaluates_on_shapes,
     served_answers,
+    shared_checkout,
     tiny_in_its_own_environment,
 )
 from tests.reload import task_rows
 from tests.serving import invoke
 from umm_harness.core.errors import ConfigError
-from umm_harness.core.requests import InferenceParams, InferenceRequest, decode_image, encode_png
+from umm_harness.core.requests import InferenceParams, InferenceRequest, decode_image
 
-CHECKOUT = REPO.parent / "shared" / "upstream" / "janus"
-pytestmark = pytest.mark.skipif(not CHECKOUT.is_dir(), reason=f"no Janus checkout at {CHECKOUT}")
-SCENE = encode_png(Image.new("RGB", (64, 64), "red"))
+CHECKOUT, pytestmark = shared_checkout("janus")
+SCENE = RED_SCENE
 ROWS = task_rows(SCENE, ("understanding", "generation"))
 PARAMS = {"seed": 5, "max_new_tokens": 8, "steps": 2}
 
